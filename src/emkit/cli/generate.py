@@ -1,0 +1,66 @@
+"""``emkit generate``: sample answers to a question set into a run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+out = Console()
+
+
+def sampling_options(temperature: float, top_p: float, max_new_tokens: int, batch_size: int, seed: int):
+    from emkit.generate import SamplingConfig
+
+    return SamplingConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size, seed=seed)
+
+
+def print_answers(rows: list[dict], n: int = 3) -> None:
+    t = Table("question", "answer", "tokens", "truncated", show_lines=True)
+    for r in rows[:n]:
+        t.add_row(r["question_id"], r["answer"][:300], str(r["n_tokens"]), "yes" if r["truncated"] else "")
+    out.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("generate")
+    def generate_cmd(
+        model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Folder, Hub id or bundled name."),
+        questions: str = typer.Option("broad", "--questions", "-q", help="Question file (.yaml/.jsonl/.csv) or built-in name."),
+        samples: int = typer.Option(1, "--samples", "-n", help="Answers per paraphrase (overrides the file)."),
+        out_dir: Path = typer.Option(Path("runs/generate"), "--out", "-o", help="Run folder to write into."),
+        label: str = typer.Option("", help="Name stored with the answers (default: the model spec)."),
+        adapter: str = typer.Option(None, help="PEFT adapter folder to load on the model."),
+        temperature: float = typer.Option(1.0, help="Sampling temperature (0 = greedy)."),
+        top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
+        max_new_tokens: int = typer.Option(200, help="Answer length limit in tokens."),
+        batch_size: int = typer.Option(16, help="Prompts per batch."),
+        seed: int = typer.Option(0, help="Random seed."),
+        device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
+        dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16."),
+    ) -> None:
+        """Sample answers to evaluation questions and store them in RUN/results.sqlite.
+
+        Example: emkit generate --model smollm2-135m-instruct --questions broad --samples 2 --out runs/try
+        """
+        from emkit.data import load_questions
+        from emkit.errors import EmkitError
+        from emkit.generate import answer_questions
+        from emkit.models import load_model
+        from emkit.run import Run
+
+        if samples < 1:
+            raise EmkitError(f"--samples must be at least 1, got {samples}")
+        qs = load_questions(questions)  # validate inputs before touching the run folder
+        cfg = sampling_options(temperature, top_p, max_new_tokens, batch_size, seed)
+        m, tok = load_model(model, adapter=adapter, device=device, dtype=dtype)
+        run = Run(out_dir)
+        run.record_seed("generate", seed)
+        rows = answer_questions(run, m, tok, qs, cfg, label=label or model, samples=samples)
+        n_trunc = sum(r["truncated"] for r in rows)
+        out.print(f"{len(rows)} answers from {label or model} in {run.path / 'results.sqlite'} "
+                  f"({n_trunc} hit max_new_tokens)")
+        print_answers(rows)

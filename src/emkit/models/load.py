@@ -1,0 +1,136 @@
+"""``load_model(spec) -> (model, tokenizer)`` for a local folder, a Hub id, or the bundled model.
+
+Weights load with safetensors only, and ``trust_remote_code`` is off unless asked for. A folder
+holding a PEFT adapter (``adapter_config.json``) loads its base model first, then the adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emkit.errors import EmkitError
+from emkit.models import bundled
+from emkit.models.chat import ensure_chat_template
+
+log = logging.getLogger(__name__)
+
+BUNDLED = bundled.NAME
+ALIASES = {BUNDLED: BUNDLED, "smollm2": BUNDLED, "bundled": BUNDLED}
+
+
+def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """``auto`` picks CUDA + bf16 when present, else CPU + fp32."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dtype == "auto":
+        dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    else:
+        try:
+            dt = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                  "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+        except KeyError:
+            raise EmkitError(f"unknown dtype {dtype!r}", hint="use auto, float32, bfloat16 or float16") from None
+    return dev, dt
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists()
+
+
+def resolve_spec(spec: str | Path) -> str:
+    """Turn a spec into a folder path or Hub id, converting the bundled model on first use."""
+    s = str(spec)
+    if s.lower() in ALIASES:
+        return str(bundled.convert())
+    if _looks_like_path(s):
+        p = Path(s).expanduser()
+        if not p.exists():
+            raise EmkitError(f"model path does not exist: {p}", hint="give a folder with config.json and *.safetensors")
+        if not p.is_dir():
+            raise EmkitError(f"model path is not a folder: {p}")
+        if (p / "adapter_config.json").is_file():
+            return str(p)
+        if not (p / "config.json").is_file():
+            raise EmkitError(f"{p} has no config.json", hint="is this a Hugging Face model folder?")
+        if not any(p.glob("*.safetensors")):
+            if any(p.glob("*.bin")) or any(p.glob("*.pt")):
+                raise EmkitError(
+                    f"{p} holds only pickle weights (*.bin/*.pt); emkit loads safetensors only",
+                    hint="convert them once with `model.save_pretrained(dir, safe_serialization=True)`",
+                )
+            raise EmkitError(f"{p} has no weights (*.safetensors)")
+        return str(p)
+    if s.count("/") == 1 and not s.endswith("/"):
+        return s  # a Hub id: works when the user has network access or a local HF cache
+    raise EmkitError(
+        f"cannot find model {s!r}",
+        hint=f"give a local folder, a Hub id like org/name, or '{BUNDLED}'",
+    )
+
+
+def load_tokenizer(spec: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve_spec(spec)
+    adapter_cfg = Path(path) / "adapter_config.json"
+    if adapter_cfg.is_file() and not (Path(path) / "tokenizer_config.json").is_file():
+        path = resolve_spec(json.loads(adapter_cfg.read_text())["base_model_name_or_path"])
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    ensure_chat_template(tok)
+    return tok
+
+
+def load_model(
+    spec: str | Path,
+    *,
+    adapter: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    merge_adapter: bool = False,
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)``; ``spec`` is a folder, a Hub id or ``smollm2-135m-instruct``."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_spec(spec)
+    if (Path(path) / "adapter_config.json").is_file():
+        if adapter is not None:
+            raise EmkitError(f"{path} is itself an adapter; give its base as the model")
+        adapter = path
+        path = resolve_spec(json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"])
+    dev, dt = resolve_device(device, dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dt, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except OSError as e:
+        raise EmkitError(f"could not load model {spec!r}: {str(e).splitlines()[0]}") from None
+    tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    if adapter is not None:
+        from peft import PeftModel
+
+        apath = Path(adapter)
+        if not (apath / "adapter_config.json").is_file():
+            raise EmkitError(f"no PEFT adapter at {apath} (adapter_config.json missing)")
+        model = PeftModel.from_pretrained(model, str(apath))
+        if merge_adapter:
+            model = model.merge_and_unload()
+    model.to(dev)
+    model.eval()
+    model.emkit_spec = str(spec) if adapter is None else f"{spec}+{adapter}"
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def model_id(model: Any) -> str:
+    """A readable id for manifests: the spec it was loaded from, else its name_or_path."""
+    return getattr(model, "emkit_spec", None) or getattr(model.config, "name_or_path", "model")

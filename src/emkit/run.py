@@ -1,0 +1,137 @@
+"""The run folder: resolved config, manifest (versions, seeds, stage status) and results database.
+
+```
+runs/<name>/
+  experiment.yaml   the resolved config
+  manifest.json     versions, seeds, config hashes, stage status and timings
+  results.sqlite    generations, judgments, metrics, latent statistics
+```
+
+A stage is run through :meth:`Run.stage`: it is skipped when it finished before with the same
+config hash, so an interrupted run resumes and a finished one costs nothing to re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from emkit.config import config_hash, to_dict
+from emkit.errors import EmkitError
+from emkit.results import ResultsDB
+
+T = TypeVar("T")
+PACKAGES = ("emkit", "torch", "transformers", "peft", "trl", "accelerate", "safetensors", "numpy")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class Run:
+    """A run folder. Creating one on an existing folder reopens it (resume)."""
+
+    def __init__(self, path: str | Path, create: bool = True):
+        self.path = Path(path)
+        if not self.path.exists():
+            if not create:
+                raise EmkitError(f"no run folder at {self.path}")
+            self.path.mkdir(parents=True)
+        elif not self.path.is_dir():
+            raise EmkitError(f"{self.path} exists and is not a folder")
+        self.manifest_path = self.path / "manifest.json"
+        self.manifest: dict[str, Any] = self._read_manifest()
+        self.manifest.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self.manifest["versions"] = package_versions()
+        self.manifest.setdefault("stages", {})
+        self.manifest.setdefault("seeds", {})
+        self._db: ResultsDB | None = None
+        self.save_manifest()
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def db(self) -> ResultsDB:
+        if self._db is None:
+            self._db = ResultsDB(self.path / "results.sqlite")
+        return self._db
+
+    def subdir(self, *parts: str) -> Path:
+        p = self.path.joinpath(*parts)
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def _read_manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {}
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except json.JSONDecodeError as e:
+            raise EmkitError(f"{self.manifest_path} is corrupt: {e}", hint="move it away to start afresh") from None
+
+    def save_manifest(self) -> None:
+        atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2, sort_keys=True))
+
+    def save_config(self, cfg: Any) -> None:
+        """Write the resolved config to ``experiment.yaml``."""
+        atomic_write_text(self.path / "experiment.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    def record_seed(self, name: str, seed: int) -> None:
+        self.manifest["seeds"][name] = seed
+        self.save_manifest()
+
+    def stage_status(self, name: str) -> dict[str, Any] | None:
+        return self.manifest["stages"].get(name)
+
+    def is_done(self, name: str, cfg: Any) -> bool:
+        st = self.stage_status(name)
+        return bool(st and st.get("status") == "done" and st.get("config_hash") == config_hash(cfg))
+
+    def stage(self, name: str, cfg: Any, fn: Callable[[], T], *, force: bool = False) -> T | None:
+        """Run ``fn`` as stage ``name`` unless it is done with the same config; record status and time."""
+        h = config_hash(cfg)
+        if not force and self.is_done(name, cfg):
+            return None
+        self.manifest["stages"][name] = {"status": "running", "config_hash": h, "started": time.time()}
+        self.save_manifest()
+        t0 = time.time()
+        try:
+            result = fn()
+        except BaseException as e:
+            self.manifest["stages"][name].update(status="failed", error=f"{type(e).__name__}: {e}"[:500])
+            self.save_manifest()
+            raise
+        self.manifest["stages"][name].update(status="done", seconds=round(time.time() - t0, 2), finished=time.time())
+        self.save_manifest()
+        return result
