@@ -35,7 +35,7 @@ def _root(
         os.environ["EMKIT_DEBUG"] = "1"
 
 
-for _m in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+for _m in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")):
     importlib.import_module(f"{__name__}.{_m}").register(app)
 
 

@@ -1,0 +1,3 @@
+from emkit.cli import main
+
+main()
