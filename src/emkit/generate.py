@@ -2,8 +2,11 @@
 
 Prompts are sorted by length so each batch pads little; answers come back in input order with
 token counts and a truncation flag. Each batch is seeded from ``seed`` and its index, so a run is
-deterministic on a CPU under a fixed seed. ``on_batch`` lets a caller store results as they come
-(the run folder commits each batch, so an interrupted generation resumes).
+deterministic on a CPU under a fixed seed. With ``item_seeds`` each answer is instead sampled from
+its own random stream (Gumbel-max on the tempered, top-p-filtered logits), so it does not depend on
+which other prompts share its batch: :func:`answer_questions` uses this, and an interrupted run that
+resumes gives the same answers as an unbroken one. ``on_batch`` lets a caller store results as they
+come (the run folder commits each batch, so an interrupted generation resumes).
 """
 
 from __future__ import annotations
@@ -48,6 +51,36 @@ class Generation:
     truncated: bool
 
 
+class _ItemSampler:
+    """A logits processor that turns greedy decoding into per-row seeded sampling (Gumbel-max).
+
+    argmax(logits / T + Gumbel noise) over the top-p set is a sample from the tempered, top-p
+    renormalised distribution; each row draws its noise from its own generator, one draw per step.
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
+        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logits = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            srt, idx = logits.sort(dim=-1, descending=True)
+            probs = srt.softmax(-1)
+            drop = probs.cumsum(-1) - probs > self.top_p  # keep the smallest set reaching top_p
+            logits = logits.scatter(-1, idx, srt.masked_fill(drop, float("-inf")))
+        u = torch.stack([torch.rand(logits.shape[-1], generator=g) for g in self.gens]).to(logits.device)
+        return logits - torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
+
+
+def item_seed(*parts: object) -> int:
+    """A 63-bit seed from any values (stable across runs and machines)."""
+    import hashlib
+
+    return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:15], 16)
+
+
 def _stop_ids(model, tokenizer) -> list[int]:
     ids = model.generation_config.eos_token_id
     ids = [ids] if isinstance(ids, int) else list(ids or [])
@@ -67,11 +100,17 @@ def generate(
     progress: bool = True,
     on_batch: Callable[[list[Generation]], None] | None = None,
     desc: str = "generating",
+    item_seeds: Sequence[int] | None = None,
 ) -> list[Generation]:
-    """Sample one answer per prompt. A prompt is a user string or a list of chat messages."""
+    """Sample one answer per prompt. A prompt is a user string or a list of chat messages.
+
+    ``item_seeds`` (one per prompt) makes each answer independent of batching (see the module doc).
+    """
     cfg = cfg or SamplingConfig()
     if len(prompts) == 0:
         raise EmkitError("no prompts to generate from")
+    if item_seeds is not None and len(item_seeds) != len(prompts):
+        raise EmkitError("item_seeds needs one seed per prompt")
     texts = [render_prompt(tokenizer, p, system) for p in prompts]
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
@@ -91,6 +130,13 @@ def generate(
             attn[r, width - len(ids) :] = 1
         torch.manual_seed(cfg.seed * 1_000_003 + b)
         sample = cfg.temperature > 0
+        extra = {}
+        if sample and item_seeds is not None:
+            from transformers import LogitsProcessorList
+
+            sample = False  # greedy over Gumbel-perturbed logits = seeded sampling per row
+            extra["logits_processor"] = LogitsProcessorList(
+                [_ItemSampler([item_seeds[i] for i in idx], cfg.temperature, cfg.top_p)])
         out = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attn.to(device),
@@ -101,6 +147,7 @@ def generate(
             top_k=0 if sample else None,
             pad_token_id=pad,
             eos_token_id=stop,
+            **extra,
         )
         new = out[:, width:].cpu()
         batch: list[Generation] = []
@@ -164,8 +211,10 @@ def answer_questions(
                 if (q.id, p, s) not in have:
                     todo.append((q, p, s, text))
     if todo:
-        # Seed depends on what is left, so a resumed run samples the remaining items deterministically.
+        # Each answer has its own seed (question, paraphrase, sample), so a resumed run gives the
+        # answers an unbroken run would have given, whatever else shares the batch.
         prompts = [build_prompt(q, text) for q, _, _, text in todo]
+        seeds = [item_seed(cfg.seed, q.id, p, s) for q, p, s, _ in todo]
 
         def store(batch: list[Generation]) -> None:
             rows = []
@@ -176,7 +225,8 @@ def answer_questions(
                                  truncated=int(g.truncated)))
             run.db.insert("generations", rows)
 
-        generate(model, tokenizer, prompts, cfg, progress=progress, on_batch=store, desc=f"answers [{label}]")
+        generate(model, tokenizer, prompts, cfg, progress=progress, on_batch=store, desc=f"answers [{label}]",
+                 item_seeds=seeds)
     return run.db.query(
         "SELECT * FROM generations WHERE model=? AND sampling_hash=? ORDER BY question_id, paraphrase, sample",
         (label, shash),

@@ -64,7 +64,10 @@ class ResultsDB:
     def ensure_tables(self) -> None:
         with self.transaction() as c:
             for ddl in TABLES.values():
-                c.executescript(ddl) if ";" in ddl else c.execute(ddl)
+                # one statement at a time: executescript() would COMMIT the open transaction
+                for stmt in ddl.split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -90,7 +93,13 @@ class ResultsDB:
         return len(rows)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.conn.execute(sql, params).fetchall()]
+        try:
+            return [dict(r) for r in self.conn.execute(sql, params).fetchall()]
+        except sqlite3.OperationalError as e:
+            if "no such table" not in str(e):
+                raise
+            self.ensure_tables()  # a module registered its table after this database was opened
+            return [dict(r) for r in self.conn.execute(sql, params).fetchall()]
 
     def close(self) -> None:
         c = getattr(self._local, "conn", None)

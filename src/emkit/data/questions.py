@@ -1,22 +1,26 @@
-"""Read question sets: Betley-style YAML, plain JSONL/CSV (``id``, ``question``), or a built-in name."""
+"""Read question sets: Betley-style YAML, plain JSONL/CSV (``id``, ``question``), or a built-in name.
+
+CSV files may have an unnamed index column and quoted cells spanning lines (the OpenAI release's
+eval CSVs); columns other than the known ones (``canary``, ``grader``, ...) go to ``metadata``.
+"""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from emkit.errors import EmkitError
+from emkit.data.formats import BadRows, read_csv_records
 from emkit.data.schema import Question
+from emkit.errors import EmkitError
 
-BUILTIN = Path(__file__).parent / "builtin"
-BUILTIN_QUESTIONS = {"broad": BUILTIN / "questions" / "broad.yaml"}
+KNOWN = {"id", "paraphrases", "question", "samples_per_paraphrase", "system", "category", "type", "judge_prompts"}
 
 
-def _from_mapping(d: dict[str, Any], where: str) -> Question:
+def question_from_mapping(d: Any, where: str) -> Question:
+    """One question entry (YAML mapping, JSON object or CSV row) -> :class:`Question`."""
     if not isinstance(d, dict):
         raise EmkitError(f"{where}: expected a mapping, got {type(d).__name__}")
     qid = d.get("id")
@@ -29,65 +33,96 @@ def _from_mapping(d: dict[str, Any], where: str) -> Question:
         paras = [paras]
     if not paras or not all(isinstance(p, str) and p.strip() for p in paras):
         raise EmkitError(f"{where} (id {qid}): needs 'question' or a non-empty 'paraphrases' list")
-    known = {"id", "paraphrases", "question", "samples_per_paraphrase", "system", "category", "type", "judge_prompts"}
     try:
         samples = int(d.get("samples_per_paraphrase") or 1)
     except (TypeError, ValueError):
         raise EmkitError(f"{where} (id {qid}): samples_per_paraphrase must be a number") from None
+    if samples < 1:
+        raise EmkitError(f"{where} (id {qid}): samples_per_paraphrase must be at least 1")
+    judge_prompts = d.get("judge_prompts") or {}
+    if not isinstance(judge_prompts, dict) or not all(isinstance(v, str) for v in judge_prompts.values()):
+        raise EmkitError(f"{where} (id {qid}): judge_prompts must map names to template strings")
     return Question(
-        id=str(qid),
+        id=str(qid).strip(),
         paraphrases=[p.strip() for p in paras],
         samples_per_paraphrase=samples,
         system=d.get("system") or None,
-        category=str(d.get("category") or ""),
+        category=str(d.get("category") or d.get("topic") or ""),
         type=str(d.get("type") or "free_form_judge_0_100"),
-        judge_prompts=dict(d.get("judge_prompts") or {}),
-        metadata={k: v for k, v in d.items() if k not in known},
+        judge_prompts={str(k): v for k, v in judge_prompts.items()},
+        metadata={k: v for k, v in d.items() if k not in KNOWN},
     )
 
 
-def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+def read_question_records(path: Path, bad: BadRows) -> list[tuple[str, Any]]:
+    """``(where, record)`` pairs of a question file (.yaml/.yml, .jsonl, .json or .csv)."""
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
     if suffix in (".yaml", ".yml"):
         try:
-            data = yaml.safe_load(text)
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f" line {mark.line + 1}:" if mark is not None else ""
             raise EmkitError(f"{path}:{line} not valid YAML ({getattr(e, 'problem', e)})") from None
         if isinstance(data, dict) and "questions" in data:
             data = data["questions"]
+        if data is None:
+            data = []
         if not isinstance(data, list):
             raise EmkitError(f"{path}: expected a YAML list of questions")
+        return [(f"{path} entry {i + 1} (id {d.get('id') if isinstance(d, dict) else '?'})", d) for i, d in enumerate(data)]
+    if suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise EmkitError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(data, list):
+            raise EmkitError(f"{path}: expected a JSON list of questions")
         return [(f"{path} entry {i + 1}", d) for i, d in enumerate(data)]
     if suffix == ".jsonl":
         rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"{path}:{n}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise EmkitError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append((f"{path}:{n}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    bad.add(EmkitError(f"{path}:{n}: invalid JSON ({e.msg})"))
         return rows
     if suffix == ".csv":
-        reader = csv.DictReader(text.splitlines(keepends=True))
-        return [(f"{path} row {i + 2}", {k: v for k, v in r.items() if k}) for i, r in enumerate(reader)]
-    raise EmkitError(f"{path}: unknown question file type", hint="use .yaml, .jsonl or .csv")
+        return read_csv_records(path)
+    raise EmkitError(f"{path}: unknown question file type", hint="use .yaml, .jsonl, .json or .csv")
 
 
-def load_questions(spec: str | Path) -> list[Question]:
-    """Load a question set from a file or a built-in name (``broad``)."""
-    path = BUILTIN_QUESTIONS.get(str(spec), Path(spec))
+def load_questions(spec: str | Path, skip_bad: bool = False) -> list[Question]:
+    """Load a question set from a file or a built-in name (``broad``, ``<domain>_check``).
+
+    Duplicate ids and malformed entries raise :class:`EmkitError`; with ``skip_bad`` they are
+    skipped and counted in one warning.
+    """
+    from emkit.data import builtin
+
+    if builtin.is_builtin(str(spec)):
+        return builtin.load_builtin_questions(str(spec))
+    path = Path(spec).expanduser()
     if not path.is_file():
-        raise EmkitError(f"no question file at {path}", hint=f"give a path or one of {sorted(BUILTIN_QUESTIONS)}")
-    questions = [_from_mapping(d, where) for where, d in _read_rows(path)]
+        raise EmkitError(f"no question file at {path}", hint=f"give a path or one of {builtin.question_names()}")
+    bad = BadRows(str(path), skip_bad)
+    records = read_question_records(path, bad)
+    questions: list[Question] = []
+    seen: set[str] = set()
+    for where, d in records:
+        try:
+            q = question_from_mapping(d, where)
+            if q.id in seen:
+                raise EmkitError(f"{where}: duplicate question id {q.id!r}", hint="ids must be unique in a file")
+        except EmkitError as e:
+            bad.add(e)
+            continue
+        seen.add(q.id)
+        questions.append(q)
+    bad.finish(len(records))
     if not questions:
         raise EmkitError(f"{path}: the question list is empty")
-    seen: set[str] = set()
-    for q in questions:
-        if q.id in seen:
-            raise EmkitError(f"{path}: duplicate question id {q.id!r}")
-        seen.add(q.id)
     return questions
