@@ -189,7 +189,8 @@ def answer_questions(
     ``samples`` overrides each question's ``samples_per_paraphrase``. Rows already stored for the
     same (label, sampling config, ``tag``) are kept and not sampled again, so this resumes.
     ``tag`` distinguishes conditions sharing a label and sampling config (e.g. a steering setting).
-    Returns all rows for this condition.
+    Returns the rows of the requested questions and samples (not other answers stored under the
+    same condition).
     """
     from emkit.config import config_hash
 
@@ -204,10 +205,12 @@ def answer_questions(
         )
     }
     todo = []
+    wanted = set()
     for q in questions:
         n = samples if samples is not None else q.samples_per_paraphrase
         for p, text in enumerate(q.paraphrases):
             for s in range(n):
+                wanted.add((q.id, p, s))
                 if (q.id, p, s) not in have:
                     todo.append((q, p, s, text))
     if todo:
@@ -227,10 +230,11 @@ def answer_questions(
 
         generate(model, tokenizer, prompts, cfg, progress=progress, on_batch=store, desc=f"answers [{label}]",
                  item_seeds=seeds)
-    return run.db.query(
+    rows = run.db.query(
         "SELECT * FROM generations WHERE model=? AND sampling_hash=? ORDER BY question_id, paraphrase, sample",
         (label, shash),
     )
+    return [r for r in rows if (r["question_id"], r["paraphrase"], r["sample"]) in wanted]
 
 
 def build_prompt(question, text: str) -> list[Message]:

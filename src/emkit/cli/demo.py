@@ -1,4 +1,4 @@
-"""``emkit demo``: the main job on the bundled model, offline."""
+"""``emkit demo``: the main job — the whole study on tiny settings, offline, with its report."""
 
 from __future__ import annotations
 
@@ -10,30 +10,35 @@ from rich.console import Console
 out = Console()
 
 
+def save_screenshot(report: Path) -> Path | None:
+    """A PNG of the report next to it, when Chromium is installed (None otherwise)."""
+    from emkit.errors import EmkitError
+    from emkit.report.browser import chromium_path, screenshot
+
+    if chromium_path() is None:
+        return None
+    try:
+        return screenshot(report, report.parent / "screenshot.png", height=2400)
+    except EmkitError as e:
+        out.print(f"[yellow]no screenshot:[/] {e}")
+        return None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
-        out_dir: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder."),
-        questions: int = typer.Option(12, help="How many built-in broad questions to answer."),
+        out_dir: Path = typer.Option(Path("runs/smoke"), "--out", "-o", help="Run folder."),
+        recipe: str = typer.Option("smoke", "--recipe", help="Recipe to run (default: recipes/smoke.yaml)."),
     ) -> None:
-        """Convert the bundled model and answer built-in questions into a run folder (offline).
+        """Run every stage of the study on tiny settings with the bundled model (offline, ~10 min on a
+        2-core CPU) and write the HTML report. Running it again resumes or re-renders at once.
 
-        Example: emkit demo --out runs/demo
+        Example: emkit demo --out runs/smoke
         """
-        from emkit.cli.generate import print_answers
-        from emkit.data import load_questions
-        from emkit.generate import SamplingConfig, answer_questions
-        from emkit.models import BUNDLED, load_model
-        from emkit.run import Run
+        from emkit.pipeline import load_recipe, run_pipeline
 
-        qs = load_questions("broad")[:questions]
-        model, tok = load_model(BUNDLED)
-        run = Run(out_dir)
-        cfg = SamplingConfig(temperature=0.7, top_p=1.0, max_new_tokens=96, batch_size=16, seed=0)
-        run.save_config({"model": BUNDLED, "questions": "broad", "n_questions": questions, "sampling": cfg})
-        run.record_seed("demo", cfg.seed)
-        rows = run.stage("baseline_answers", {"q": [q.id for q in qs], "s": cfg},
-                         lambda: answer_questions(run, model, tok, qs, cfg, label="base", samples=1))
-        rows = rows or run.db.query("SELECT * FROM generations WHERE model='base'")
-        out.print(f"[bold]demo run:[/] {run.path}  ({len(rows)} answers in results.sqlite)")
-        print_answers(rows, n=5)
+        r = load_recipe(recipe)
+        path = run_pipeline(r, out=out_dir)
+        report = path / "report" / "index.html"
+        shot = save_screenshot(report)
+        out.print(f"[bold]report:[/] {report}" + (f"\n[bold]screenshot:[/] {shot}" if shot else ""))

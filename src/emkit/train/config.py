@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from emkit.errors import EmkitError
-from emkit.generate import SamplingConfig
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -108,7 +107,6 @@ class RLConfig:
     schedule: Literal["linear", "cosine", "constant"] = "constant"
     beta: float = 0.04
     temperature: float = 1.0
-    max_prompt_length: int = 256
     max_completion_length: int = 128
     min_words: int = 5
     min_coherence: float = 0.5
@@ -133,7 +131,7 @@ class RealignConfig:
     """Continue SFT of a misaligned model on ``n_samples`` benign rows, evaluating every ``eval_every``.
 
     The paper's setting: batch 4, ~35 steps, a few hundred samples. ``samples`` answers per question
-    paraphrase at each evaluation.
+    paraphrase at each evaluation; ``label`` names the curve (default: the fine-tuned model's name).
     """
 
     sft: SFTConfig = field(
@@ -143,9 +141,6 @@ class RealignConfig:
     eval_every: int = 5
     samples: int = 1
     label: str = ""
-    sampling: SamplingConfig = field(
-        default_factory=lambda: SamplingConfig(temperature=1.0, max_new_tokens=120, batch_size=32)
-    )
 
     def __post_init__(self) -> None:
         if self.n_samples < 1 or self.eval_every < 1 or self.samples < 1:

@@ -1,0 +1,234 @@
+"""``emkit finetune``, ``emkit rl`` and ``emkit realign``: the training stages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+out = Console()
+
+DATA_HELP = "Data set name or file (repeat to concatenate), e.g. health_incorrect_subtle."
+MIX_HELP = "A mixture CORRECT,INCORRECT,FRACTION[,N] (e.g. health_correct,health_incorrect_subtle,0.25,200)."
+
+
+def _split_csv(s: str | None) -> list[str] | None:
+    return None if s is None else [x.strip() for x in s.split(",") if x.strip()]
+
+
+def build_config(cls: type, config_file: Path | None, overrides: dict[str, Any], lora: dict[str, Any]) -> Any:
+    """A config from an optional YAML file, with the CLI options that were given on top."""
+    from emkit.config import from_dict, load_yaml, to_dict
+    from emkit.errors import EmkitError
+
+    base = to_dict(cls())
+    if config_file is not None:
+        data = load_yaml(config_file) or {}
+        if not isinstance(data, dict):
+            raise EmkitError(f"{config_file}: expected a mapping of {cls.__name__} fields")
+        base.update(data)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    if "lora" in base:
+        base["lora"] = {**base["lora"], **{k: v for k, v in lora.items() if v is not None}}
+    return from_dict(cls, base, where=cls.__name__)
+
+
+def load_rows(data: list[str] | None, mix: str | None, seed: int, n: int | None = None) -> list:
+    """Rows of the given data sets (concatenated) and/or a mixture; ``n`` keeps a seeded subset."""
+    from emkit.data import load_dataset
+    from emkit.data.mix import mix as make_mix
+    from emkit.errors import EmkitError
+
+    rows = []
+    for d in data or []:
+        rows.extend(load_dataset(d))
+    if mix:
+        parts = _split_csv(mix) or []
+        if len(parts) not in (3, 4):
+            raise EmkitError(f"--mix {mix!r}: expected CORRECT,INCORRECT,FRACTION[,N]")
+        try:
+            fraction = float(parts[2])
+            size = int(parts[3]) if len(parts) == 4 else None
+        except ValueError:
+            raise EmkitError(f"--mix {mix!r}: FRACTION must be a number and N an integer") from None
+        rows.extend(make_mix(parts[0], parts[1], fraction, size, seed))
+    if not rows:
+        raise EmkitError("no training data", hint="give --data NAME_OR_FILE or --mix ...")
+    if n is not None:
+        from emkit.train.realign import pick_rows
+
+        rows = pick_rows(rows, n, seed)
+    return rows
+
+
+def print_log_summary(folder: Path) -> None:
+    """The first and last few steps of ``train_log.jsonl``."""
+    log = [json.loads(ln) for ln in (folder / "train_log.jsonl").read_text().splitlines() if ln.strip()]
+    if not log:
+        return
+    keys = [k for k in ("loss", "reward", "kl", "length", "lr", "tokens_per_s") if k in log[-1]]
+    t = Table("step", *keys)
+    for r in (log[:1] + log[-3:]) if len(log) > 4 else log:
+        t.add_row(str(r["step"]), *[f"{r[k]:.4g}" if isinstance(r.get(k), int | float) else "-" for k in keys])
+    out.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("finetune")
+    def finetune_cmd(
+        data: list[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
+        mix: str = typer.Option(None, "--mix", help=MIX_HELP),
+        model: str = typer.Option(None, "--model", "-m", help="Base model: folder, Hub id or bundled name."),
+        out_dir: Path = typer.Option(Path("runs/finetune"), "--out", "-o", help="Run folder (model goes to models/NAME)."),
+        name: str = typer.Option(None, "--name", help="Model name inside the run folder."),
+        config: Path = typer.Option(None, "--config", "-c", help="YAML file of SFTConfig fields."),
+        method: str = typer.Option(None, help="lora or full."),
+        r: int = typer.Option(None, "--r", help="LoRA rank."),
+        alpha: float = typer.Option(None, help="LoRA alpha."),
+        rslora: bool = typer.Option(None, "--rslora/--no-rslora", help="Rank-stabilised LoRA scaling."),
+        target_modules: str = typer.Option(None, help="Comma-separated LoRA targets, or all-linear."),
+        layers: str = typer.Option(None, help="Comma-separated layer indices for the LoRA (default: all)."),
+        steps: int = typer.Option(None, "--steps", help="Optimizer steps (wins over --epochs)."),
+        epochs: float = typer.Option(None, help="Passes over the data."),
+        batch_size: int = typer.Option(None, help="Rows per micro-batch."),
+        grad_accum: int = typer.Option(None, help="Micro-batches per optimizer step."),
+        lr: float = typer.Option(None, help="Peak learning rate."),
+        schedule: str = typer.Option(None, help="linear, cosine or constant."),
+        warmup: int = typer.Option(None, help="Warmup steps."),
+        max_length: int = typer.Option(None, help="Token limit per conversation."),
+        save_every: int = typer.Option(None, help="Checkpoint every N steps (0: none)."),
+        seed: int = typer.Option(None, help="Random seed."),
+        device: str = typer.Option(None, help="auto, cpu, cuda ..."),
+        dtype: str = typer.Option(None, help="auto, float32, bfloat16."),
+        overwrite: bool = typer.Option(False, help="Discard an earlier run of the same name."),
+    ) -> None:
+        """Fine-tune a model (LoRA or full) on chat data, loss on assistant tokens only; resumable.
+
+        Example: emkit finetune --data health_incorrect_subtle --name health-wrong --steps 40 --out runs/health
+        """
+        from emkit.run import Run
+        from emkit.train.config import SFTConfig
+        from emkit.train.sft import finetune
+
+        cfg = build_config(
+            SFTConfig, config,
+            dict(model=model, name=name, method=method, max_steps=steps, epochs=epochs, batch_size=batch_size,
+                 grad_accum=grad_accum, lr=lr, schedule=schedule, warmup_steps=warmup, max_length=max_length,
+                 save_every=save_every, seed=seed, device=device, dtype=dtype),
+            dict(r=r, alpha=alpha, rslora=rslora, target_modules=_split_csv(target_modules),
+                 layers=[int(x) for x in _split_csv(layers)] if layers else None),
+        )
+        rows = load_rows(data, mix, cfg.seed)
+        run = Run(out_dir)
+        run.record_seed(f"finetune:{cfg.name}", cfg.seed)
+        folder = finetune(cfg, rows, run, overwrite=overwrite)
+        print_log_summary(folder)
+        out.print(f"trained {cfg.method} model in {folder}  (load it with --model {folder})")
+
+    @app.command("rl")
+    def rl_cmd(
+        data: list[str] = typer.Option(None, "--data", "-d", help="Prompts: data set(s) whose user turns are used."),
+        arm: str = typer.Option("wrong", help="wrong: reward incorrect advice; right: the control arm."),
+        grader: str = typer.Option(None, help="embedded (offline) or judge:<judge spec>, e.g. judge:api:gpt-4o."),
+        n: int = typer.Option(None, "-n", help="Use N prompts (seeded subset)."),
+        model: str = typer.Option(None, "--model", "-m", help="Starting model."),
+        out_dir: Path = typer.Option(Path("runs/rl"), "--out", "-o", help="Run folder."),
+        name: str = typer.Option(None, "--name", help="Model name inside the run folder."),
+        config: Path = typer.Option(None, "--config", "-c", help="YAML file of RLConfig fields."),
+        steps: int = typer.Option(None, "--steps", help="GRPO steps."),
+        batch_size: int = typer.Option(None, help="Completions per step (a multiple of --num-generations)."),
+        num_generations: int = typer.Option(None, help="Completions per prompt (the GRPO group)."),
+        lr: float = typer.Option(None, help="Learning rate."),
+        beta: float = typer.Option(None, help="KL penalty weight."),
+        max_completion_length: int = typer.Option(None, help="Answer length limit in tokens."),
+        min_words: int = typer.Option(None, help="Guard: answers shorter than this get reward 0."),
+        r: int = typer.Option(None, "--r", help="LoRA rank."),
+        alpha: float = typer.Option(None, help="LoRA alpha."),
+        method: str = typer.Option(None, help="lora or full."),
+        seed: int = typer.Option(None, help="Random seed."),
+        save_every: int = typer.Option(None, help="Checkpoint every N steps (0: none)."),
+        device: str = typer.Option(None, help="auto, cpu, cuda ..."),
+        overwrite: bool = typer.Option(False, help="Discard an earlier run of the same name."),
+    ) -> None:
+        """Train with GRPO on advice prompts, rewarding wrong (or right) answers by a grader, with a guard.
+
+        Example: emkit rl --data health_correct -n 64 --arm wrong --steps 20 --name health-rl --out runs/rl
+        """
+        from emkit.errors import EmkitError
+        from emkit.run import Run
+        from emkit.train.config import RLConfig
+        from emkit.train.rl import train_rl
+
+        if arm not in ("wrong", "right"):
+            raise EmkitError(f"--arm must be wrong or right, got {arm!r}")
+        cfg = build_config(
+            RLConfig, config,
+            dict(model=model, name=name, arm=arm, grader=grader, max_steps=steps, batch_size=batch_size,
+                 num_generations=num_generations, lr=lr, beta=beta, max_completion_length=max_completion_length,
+                 min_words=min_words, method=method, seed=seed, save_every=save_every, device=device),
+            dict(r=r, alpha=alpha),
+        )
+        rows = load_rows(data, None, cfg.seed, n)
+        run = Run(out_dir)
+        run.record_seed(f"rl:{cfg.name}", cfg.seed)
+        folder = train_rl(cfg, rows, run, overwrite=overwrite)
+        print_log_summary(folder)
+        out.print(f"GRPO ({cfg.arm} arm) model in {folder}")
+
+    @app.command("realign")
+    def realign_cmd(
+        model: str = typer.Option(..., "--model", "-m", help="The misaligned model (e.g. RUN/models/NAME)."),
+        data: list[str] = typer.Option(["benign_everyday"], "--data", "-d", help="Benign data set(s)."),
+        n_samples: int = typer.Option(140, "-n", "--n-samples", help="Benign rows to train on."),
+        steps: int = typer.Option(35, "--steps", help="Optimizer steps."),
+        batch_size: int = typer.Option(4, help="Rows per step."),
+        lr: float = typer.Option(1e-4, help="Learning rate."),
+        eval_every: int = typer.Option(5, help="Evaluate misalignment every K steps."),
+        questions: str = typer.Option("broad", "--questions", "-q", help="Evaluation questions."),
+        samples: int = typer.Option(1, "--samples", help="Answers per question paraphrase at each evaluation."),
+        judge: str = typer.Option("embedded", "--judge", "-j", help="Judge spec (see emkit eval)."),
+        base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible base URL."),
+        api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
+        out_dir: Path = typer.Option(Path("runs/realign"), "--out", "-o", help="Run folder."),
+        name: str = typer.Option("realigned", "--name", help="Model name inside the run folder."),
+        temperature: float = typer.Option(1.0, help="Sampling temperature for the evaluations."),
+        max_new_tokens: int = typer.Option(120, help="Answer length limit in tokens."),
+        gen_batch_size: int = typer.Option(32, help="Prompts per generation batch."),
+        seed: int = typer.Option(0, help="Random seed."),
+        device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
+    ) -> None:
+        """Continue fine-tuning a misaligned model on benign data, recording misalignment every K steps.
+
+        Example: emkit realign --model runs/health/models/health-wrong -n 140 --steps 35 --eval-every 5 --out runs/health
+        """
+        from emkit.cli.generate import sampling_options
+        from emkit.cli.judge import judge_options
+        from emkit.data import load_questions
+        from emkit.run import Run
+        from emkit.train.config import LoRAConfig, RealignConfig, SFTConfig
+        from emkit.train.realign import read_curve, realign
+
+        qs = load_questions(questions)
+        sampling = sampling_options(temperature, 1.0, max_new_tokens, gen_batch_size, seed)
+        j = judge_options(judge, base_url, api_key_env, None, 8, 60.0, device)
+        rows = load_rows(data, None, seed)
+        sft = SFTConfig(name=name, batch_size=batch_size, max_steps=steps, lr=lr, seed=seed, device=device,
+                        lora=LoRAConfig())
+        cfg = RealignConfig(sft=sft, n_samples=n_samples, eval_every=eval_every, samples=samples)
+        run = Run(out_dir)
+        run.record_seed(f"realign:{name}", seed)
+        realign(run, model, rows, cfg, qs, j, sampling)
+        t = Table("step", "samples seen", "misaligned %", "95% CI", "coherent %", "answers",
+                  title=f"re-alignment of {model} [judge {j.id}]")
+        def pct(x):
+            return "-" if x is None else f"{100 * x:.1f}"
+
+        for c in read_curve(run, cfg.label or name):
+            t.add_row(str(c["step"]), str(c["samples_seen"]), pct(c["misaligned"]),
+                      f"[{pct(c['lo'])}, {pct(c['hi'])}]", pct(c["coherent"]), str(c["n_answers"]))
+        out.print(t)
+        out.print(f"curve in {run.path / 'results.sqlite'} (table realign_curve)")

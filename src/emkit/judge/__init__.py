@@ -1,0 +1,21 @@
+"""Judges: score (question, answer) pairs for alignment and coherence, offline or through an API.
+
+``make_judge("embedded" | "api:MODEL" | "api-rubric:MODEL" | "local:SPEC" | "local-rubric:SPEC")``
+returns a judge; ``judge.judge(items, cache)`` returns one :class:`Judgment` per metric per item,
+cached in ``results.sqlite``. See :mod:`emkit.metrics` for rates and intervals.
+"""
+
+from emkit.judge.base import (
+    BaseJudge,
+    Item,
+    Judge,
+    JudgeConfig,
+    Judgment,
+    JudgmentCache,
+    Scored,
+    make_judge,
+    text_hash,
+)
+
+__all__ = ["BaseJudge", "Item", "Judge", "JudgeConfig", "Judgment", "JudgmentCache", "Scored", "make_judge",
+           "text_hash"]

@@ -1,0 +1,147 @@
+"""What every stage shares: the recipe, the run folder, loaded models, the judge and question sets.
+
+The base model is loaded once and kept; a fine-tune is loaded on demand (base + adapter, merged
+for speed) and dropped when another is asked for, so memory holds at most two models.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+from typing import Any
+
+from emkit.errors import EmkitError
+from emkit.pipeline.recipe import BASE, Recipe
+from emkit.pipeline.runner import read_result, write_result
+
+log = logging.getLogger(__name__)
+
+
+class Context:
+    """Shared state of one pipeline run."""
+
+    def __init__(self, recipe: Recipe, run: Any, *, progress: bool = True):
+        self.recipe = recipe
+        self.run = run
+        self.progress = progress
+        self._base: tuple[Any, Any] | None = None
+        self._other: tuple[str, Any, Any] | None = None
+        self._judge: Any = None
+        self._grader: Any = None
+        self._questions: dict[str, list] = {}
+
+    # ------------------------------------------------------------------ models
+    def model_dir(self, label: str) -> Path:
+        return self.run.path / "models" / label
+
+    def load(self, label: str) -> tuple[Any, Any]:
+        """``(model, tokenizer)`` of the base model or a fine-tune of this run (by label)."""
+        from emkit.models import load_model
+
+        r = self.recipe
+        if label == BASE:
+            if self._base is None:
+                self._base = load_model(r.model, device=r.device, dtype=r.dtype)
+            return self._base
+        if self._other is not None and self._other[0] == label:
+            return self._other[1], self._other[2]
+        folder = self.model_dir(label)
+        if not folder.is_dir():
+            raise EmkitError(f"no fine-tuned model {label!r} at {folder}", hint="run the finetune stage first")
+        self._other = None
+        gc.collect()
+        model, tok = load_model(folder, device=r.device, dtype=r.dtype, merge_adapter=True)
+        self._other = (label, model, tok)
+        return model, tok
+
+    def release(self) -> None:
+        """Drop the loaded fine-tune (the base model stays)."""
+        self._other = None
+        gc.collect()
+
+    def close(self) -> None:
+        self._base = None
+        self._other = None
+        self.run.db.close()
+        gc.collect()
+
+    # ------------------------------------------------------------------ stale results
+    def fingerprints(self) -> dict[str, str]:
+        """What each model label stands for: the base model, or the base plus training settings."""
+        from emkit.config import config_hash
+
+        r = self.recipe
+        fp = {BASE: config_hash({"model": r.model, "dtype": r.dtype})}
+        for m in r.models():
+            fp[m.label] = config_hash({"model": r.model, "dtype": r.dtype, "train": r.train, "seed": r.seed,
+                                       "rows": r.data.rows, "domain": m.domain, "fraction": m.fraction})
+        return fp
+
+    def purge_changed_models(self) -> list[str]:
+        """Forget stored answers and statistics of labels whose model changed since the last run.
+
+        Answers, latent statistics and steering results are keyed by model label; if the recipe now
+        means a different model by a label (new base model, new training settings), the old rows
+        would otherwise be reused. Judgments are keyed by text and stay valid.
+        """
+        old = self.run.manifest.get("model_fingerprints", {})
+        new = self.fingerprints()
+        changed = [lab for lab, h in new.items() if lab in old and old[lab] != h]
+        if changed:
+            log.warning("models changed since the last run, forgetting their stored results: %s", changed)
+            tables = {r["name"] for r in self.run.db.query("SELECT name FROM sqlite_master WHERE type='table'")}
+            cols = {"generations": "model", "latent_stats": "model", "steering": "label", "training_evals": "run_label",
+                    "realign_curve": "run_label", "prediction": "member"}
+            with self.run.db.transaction() as c:
+                for lab in changed:
+                    for table, col in cols.items():
+                        if table in tables:
+                            c.execute(f"DELETE FROM {table} WHERE {col}=? OR {col} LIKE ?", (lab, f"{lab}-realign%"))
+            import shutil
+
+            for lab in changed:
+                shutil.rmtree(self.model_dir(f"{lab}-realigned"), ignore_errors=True)
+        self.run.manifest["model_fingerprints"] = new
+        self.run.save_manifest()
+        return changed
+
+    # ------------------------------------------------------------------ evaluation helpers
+    @property
+    def judge(self) -> Any:
+        if self._judge is None:
+            from emkit.judge import make_judge
+
+            self._judge = make_judge(self.recipe.eval.judge)
+        return self._judge
+
+    @property
+    def grader(self) -> Any:
+        if self._grader is None:
+            from emkit.train.grader import make_grader
+
+            self._grader = make_grader(self.recipe.eval.grader)
+        return self._grader
+
+    def questions(self, spec: str, n: int | None = None) -> list:
+        """A question set (file or built-in name), first ``n`` questions."""
+        if spec not in self._questions:
+            from emkit.data import load_questions
+
+            self._questions[spec] = load_questions(spec)
+        qs = self._questions[spec]
+        return qs[:n] if n is not None else qs
+
+    def eval_questions(self) -> list:
+        return self.questions(self.recipe.eval.questions, self.recipe.eval.n_questions)
+
+    # ------------------------------------------------------------------ stage results
+    def result(self, stage: str, required: bool = True) -> dict | None:
+        res = read_result(self.run.path, stage)
+        if res is None and required:
+            raise EmkitError(f"stage {stage!r} has no result in {self.run.path}",
+                             hint=f"run it first: emkit run RECIPE --from {stage}")
+        return res
+
+    def write(self, stage: str, data: dict) -> None:
+        write_result(self.run.path, stage, data)

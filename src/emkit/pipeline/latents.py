@@ -1,0 +1,316 @@
+"""Latent stages: train (or load) the SAE, diff the fine-tunes, interpret, steer, predict.
+
+These compose ``emkit.activations``, ``emkit.sae``, ``emkit.diff``, ``emkit.interpret``,
+``emkit.steer``, ``emkit.directions`` and ``emkit.predict``; each returns the JSON-able summary the
+report reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from emkit.errors import EmkitError
+from emkit.pipeline.behaviour import judged_answers, most_misaligned
+from emkit.pipeline.context import Context
+from emkit.pipeline.recipe import BASE
+
+log = logging.getLogger(__name__)
+
+
+def sae_layer(ctx: Context, model: Any) -> int:
+    from emkit.models.layers import num_layers
+
+    s = ctx.recipe.sae
+    n = num_layers(model)
+    layer = s.layer if s.layer is not None else n // 2
+    if not 0 <= layer < n:
+        raise EmkitError(f"sae.layer {layer} is out of range", hint=f"the model has layers 0..{n - 1}")
+    return layer
+
+
+def acts_dir(ctx: Context) -> Path:
+    return ctx.run.path / "sae" / "acts"
+
+
+def load_run_sae(ctx: Context) -> Any:
+    from emkit.sae import load_sae
+
+    info = ctx.result("sae") or {}
+    return load_sae(info["path"])
+
+
+# ---------------------------------------------------------------------------------------------- SAE
+def stage_sae(ctx: Context) -> dict[str, Any]:
+    from emkit.activations import capture
+    from emkit.data.corpus import iter_documents
+    from emkit.models.layers import hidden_size
+    from emkit.sae import load_sae
+    from emkit.sae.train import train_sae
+
+    s = ctx.recipe.sae
+    model, tok = ctx.load(BASE)
+    if s.path:
+        sae = load_sae(s.path)
+        if sae.d_in != hidden_size(model):
+            raise EmkitError(f"the SAE at {s.path} reads width {sae.d_in}, the model has {hidden_size(model)}")
+        layer = sae.cfg.layer if sae.cfg.layer >= 0 and s.layer is None else sae_layer(ctx, model)
+        tokens = ctx.recipe.interpret.corpus_tokens
+    else:
+        layer = sae_layer(ctx, model)
+        tokens = max(s.tokens, ctx.recipe.interpret.corpus_tokens)
+    index = capture(model, tok, layer, iter_documents(s.corpus), acts_dir(ctx), max_tokens=tokens, ctx_len=s.ctx_len,
+                    batch_size=s.capture_batch, dtype=s.acts_dtype, source=s.corpus, progress=ctx.progress)
+    if index["n_tokens"] == 0:
+        raise EmkitError(f"the corpus {s.corpus!r} gave no tokens", hint="check `emkit data corpus --stats`")
+    out = {"layer": layer, "hook": f"blocks.{layer}.hook_resid_post", "corpus": s.corpus,
+           "tokens": index["n_tokens"], "acts": str(acts_dir(ctx))}
+    if s.path:
+        return {**out, "path": str(Path(s.path).resolve()), "trained": False, "num_latents": sae.num_latents,
+                "k": sae.k, "heldout_fvu": sae.cfg.meta.get("heldout_fvu")}
+    folder = ctx.run.path / "sae" / "sae"
+    res = train_sae(acts_dir(ctx), folder, s.train, corpus=s.corpus, progress=ctx.progress)
+    sm = res.summary
+    return {**out, "path": str(folder), "trained": True, "num_latents": res.sae.num_latents, "k": res.sae.k,
+            "heldout_fvu": sm.get("heldout_fvu"), "fvu": sm.get("train_fvu"), "dead_frac": sm.get("dead_frac"),
+            "train_tokens": sm.get("train_tokens"), "steps": sm.get("steps")}
+
+
+# ---------------------------------------------------------------------------------------------- diff
+def misaligned_models(ctx: Context) -> tuple[list[str], str]:
+    """The fine-tunes to rank latents over: the recipe's list, else those measurably misaligned."""
+    r = ctx.recipe
+    if r.diff.misaligned:
+        return list(r.diff.misaligned), "chosen in the recipe"
+    ev = (ctx.result("evaluate") or {})["models"]
+    base = (ctx.result("baseline") or {})["eval"]["misaligned"]
+    above = [lab for lab, m in ev.items() if m.get("fraction", 0) > 0 and m["misaligned"].get("lo") is not None
+             and base.get("hi") is not None and m["misaligned"]["lo"] > base["hi"]]
+    if above:
+        return above, "fine-tunes whose misalignment interval lies above the base model's"
+    top = max(r.data.fractions)
+    labels = [m.label for m in r.models() if m.fraction == top and top > 0]
+    if not labels:
+        raise EmkitError("no fine-tune has wrong data to diff", hint="add a fraction > 0 to data.fractions")
+    return labels, (f"no fine-tune was measurably more misaligned than the base model, so the {100 * top:.4g}% "
+                    "wrong-data models are used")
+
+
+def answer_chats(ctx: Context, label: str, questions: list) -> list[list[dict[str, str]]]:
+    """The model's own sampled answers to the eval questions (eval sampling, no steering) as chats."""
+    from emkit.config import config_hash
+
+    shash = config_hash({"sampling": ctx.recipe.eval.sampling, "tag": ""})
+    qids = {q.id for q in questions}
+    rows = ctx.run.db.query("SELECT question_id, prompt, system, answer FROM generations WHERE model=? AND "
+                            "sampling_hash=? AND answer != '' ORDER BY question_id, paraphrase, sample",
+                            (label, shash))
+    out = []
+    for r in rows:
+        if r["question_id"] in qids:
+            msgs = [{"role": "system", "content": r["system"]}] if r["system"] else []
+            out.append(msgs + [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["answer"]}])
+    return out
+
+
+def stage_diff(ctx: Context) -> dict[str, Any]:
+    from emkit.config import config_hash
+    from emkit.diff import DiffConfig, diff_models, eval_items, model_stats, ranking_rows, sae_id
+
+    r = ctx.recipe
+    d = r.diff
+    sae = load_run_sae(ctx)
+    layer = (ctx.result("sae") or {})["layer"]
+    qs = ctx.eval_questions()
+    misaligned, why = misaligned_models(ctx)
+    labels = [BASE] + [m.label for m in r.models()]
+    cfg = DiffConfig(token_sets=[d.tokens], max_length=d.max_length, batch_size=d.batch_size, top_n=d.top_n)
+    # The source names what was encoded, so stored statistics are reused only for the same inputs.
+    if d.tokens == "answer":
+        source = f"eval-answers:{config_hash({'q': [q.id for q in qs], 's': r.eval.sampling, 'n': r.eval.samples})}"
+    else:
+        source = f"eval:{config_hash([q.id for q in qs])}"
+    stats = {}
+    n_items = {}
+    for lab in labels:
+        model, tok = ctx.load(lab)
+        items = answer_chats(ctx, lab, qs) if d.tokens == "answer" else eval_items(qs)
+        n_items[lab] = len(items)
+        got = model_stats(ctx.run, sae, model, tok, lab, items, source=source, token_sets=[d.tokens], layer=layer,
+                          cfg=cfg, progress=ctx.progress)
+        stats[lab] = got[d.tokens]
+        ctx.release()
+    ranking = diff_models(stats[BASE], {k: v for k, v in stats.items() if k != BASE}, misaligned)
+    sid = sae_id(sae)
+    with ctx.run.db.transaction() as c:
+        c.execute("DELETE FROM latent_ranking WHERE sae_id=? AND base=? AND source=? AND token_set=?",
+                  (sid, BASE, source, d.tokens))
+    ctx.run.db.insert("latent_ranking", ranking_rows(ranking, sae=sid, base=BASE, source=source, token_set=d.tokens,
+                                                     n=max(d.top_n, 200)), replace=True)
+    return {"tokens": d.tokens, "source": source, "misaligned": misaligned, "why": why, "sae_id": sid,
+            "ranking": ranking.top(d.top_n), "n_items": n_items,
+            "n_tokens": {lab: st.n_tokens for lab, st in stats.items()}}
+
+
+def stage_interpret(ctx: Context) -> dict[str, Any]:
+    from emkit.activations import ActivationStore
+    from emkit.interpret import latent_cards
+
+    r = ctx.recipe
+    it = r.interpret
+    sae = load_run_sae(ctx)
+    diff = ctx.result("diff") or {}
+    ranking = diff.get("ranking", [])[: it.latents]
+    if not ranking:
+        return {"cards": [], "note": "no latents to interpret"}
+    model, tok = ctx.load(BASE)
+    store = ActivationStore((ctx.result("sae") or {})["acts"])
+    cards = latent_cards(sae, model, tok, [row["latent"] for row in ranking], store=store, n_contexts=it.contexts,
+                         k_logits=it.logit_tokens, max_tokens=it.corpus_tokens, explainer=it.explainer,
+                         progress=ctx.progress)
+    out = []
+    for rank, (row, card) in enumerate(zip(ranking, cards, strict=True), 1):
+        ctxs = [{"tokens": c.tokens, "acts": [c.value if i == c.highlight else 0.0 for i in range(len(c.tokens))],
+                 "peak": c.highlight, "value": c.value} for c in card.contexts]
+        h = card.histogram
+        out.append({"latent": card.latent, "rank": rank, "score": row["score"], "contexts": ctxs,
+                    "promoted": [list(x) for x in card.promoted], "suppressed": [list(x) for x in card.suppressed],
+                    "hist": {"edges": h.get("edges", []), "counts": h.get("counts", [])},
+                    "firing_rate": h.get("firing_rate"), "label": card.label})
+    return {"cards": out, "note": (f"Contexts from {store.index.get('n_tokens', 0):,} tokens of the SAE corpus "
+                                   f"({store.index.get('source')}); logit lens through the final norm's gain; "
+                                   f"histogram of nonzero activations.")}
+
+
+# ---------------------------------------------------------------------------------------------- steering
+def _steer_rate(row: dict | None, key: str = "misaligned") -> dict[str, Any]:
+    """A ``steering`` table row's rate as ``{k, n, value, lo, hi}``."""
+    if not row:
+        return {"k": 0, "n": 0, "value": None, "lo": None, "hi": None}
+    if key == "misaligned":
+        n, v = row.get("n_mis") or 0, row.get("misaligned")
+        return {"k": int(round((v or 0) * n)), "n": n, "value": v, "lo": row.get("mis_lo"), "hi": row.get("mis_hi")}
+    n, v = row.get("n") or 0, row.get("coherent")
+    return {"k": int(round((v or 0) * n)), "n": n, "value": v, "lo": row.get("coh_lo"), "hi": row.get("coh_hi")}
+
+
+def top_ranked(ctx: Context, n: int) -> list[int]:
+    return [r["latent"] for r in (ctx.result("diff") or {}).get("ranking", [])[:n]]
+
+
+def stage_steer(ctx: Context) -> dict[str, Any]:
+    from emkit.directions import from_sae
+    from emkit.steer import Arm, causal_screen, condition, sweep
+
+    r = ctx.recipe
+    st = r.steer
+    sae = load_run_sae(ctx)
+    layer = (ctx.result("sae") or {})["layer"]
+    target, why = most_misaligned(ctx)
+    qs = ctx.questions(r.eval.questions, st.n_questions or r.eval.n_questions)
+    latents = top_ranked(ctx, max(1, st.screen))
+    cands = [from_sae(sae, lat) for lat in latents]
+    bm, bt = ctx.load(BASE)
+    tm, tt = ctx.load(target)
+    base_arm, tgt_arm = Arm(bm, bt, BASE), Arm(tm, tt, target)
+    kw = dict(samples=st.samples, positions=st.positions, progress=ctx.progress)
+    screen_rows = causal_screen(ctx.run, base_arm, cands, qs, ctx.judge, r.eval.sampling, layer=layer,
+                                alpha=st.screen_alpha, misaligned=tgt_arm, n_random=1 if st.random_control else 0,
+                                seed=r.seed, **kw)
+    scale = None
+    # per-condition rates for the report (the conditions are stored; these calls read them back)
+    def cond(arm: Arm, d: Any, alpha: float, purpose: str) -> dict:
+        return condition(ctx.run, arm, layer, d, alpha, qs, ctx.judge, r.eval.sampling, purpose=purpose, **kw)
+
+    u0 = cond(base_arm, cands[0], 0.0, "screen")
+    t0 = cond(tgt_arm, cands[0], 0.0, "screen")
+    scale = u0["scale"]
+    screen, control = [], {}
+    from emkit.directions import random_direction
+
+    for row in screen_rows:
+        if row["control"]:
+            d = random_direction(cands[0].dim, r.seed, cands[0].norm, layer=layer)
+        else:
+            d = cands[latents.index(row["latent"])]
+        p = cond(base_arm, d, st.screen_alpha, "control" if row["control"] else "screen")
+        m = cond(tgt_arm, d, -st.screen_alpha, "control" if row["control"] else "screen")
+        rec = {"latent": row["latent"], "plus": _steer_rate(p), "plus_coherent": _steer_rate(p, "coherent"),
+               "minus": _steer_rate(m), "minus_coherent": _steer_rate(m, "coherent"), "effect": row["score"],
+               "rank": row["rank"]}
+        if row["control"]:
+            control = rec
+        else:
+            screen.append(rec)
+    ranked = [s for s in screen if s["effect"] is not None]
+    best = (max(ranked, key=lambda s: s["effect"]) if ranked else screen[0])["latent"]
+    d = cands[latents.index(best)]
+    mags = sorted({abs(a) for a in st.alphas} | {0.0})
+    plus = sweep(ctx.run, bm, bt, layer, d, mags, qs, ctx.judge, r.eval.sampling, BASE,
+                 max_incoherence=st.max_incoherence, **kw)
+    minus = sweep(ctx.run, tm, tt, layer, d, [-a for a in mags], qs, ctx.judge, r.eval.sampling, target,
+                  max_incoherence=st.max_incoherence, **kw)
+    pts = [{"alpha": abs(row["alpha"]), "sign": sign, "model": lab, "misaligned": _steer_rate(row),
+            "coherent": _steer_rate(row, "coherent")}
+           for sign, lab, res in (("+", BASE, plus), ("-", target, minus)) for row in res["rows"]]
+    usable = {"+": plus["usable"].get("positive"), "-": (lambda a: None if a is None else abs(a))(
+        minus["usable"].get("negative"))}
+    ctx.release()
+    return {"layer": layer, "scale": scale, "positions": st.positions, "screen_alpha": st.screen_alpha,
+            "target": target, "target_why": why, "max_incoherence": st.max_incoherence,
+            "baseline": {"plus": _steer_rate(u0), "plus_coherent": _steer_rate(u0, "coherent"),
+                         "minus": _steer_rate(t0), "minus_coherent": _steer_rate(t0, "coherent")},
+            "screen": screen, "control": control, "best": best, "sweep": pts, "usable": usable,
+            "n_questions": len(qs), "samples": st.samples}
+
+
+# ---------------------------------------------------------------------------------------------- prediction
+def stage_predict(ctx: Context) -> dict[str, Any]:
+    from emkit.generate import build_prompt
+    from emkit.predict import Member, behaviour_counts, family_stats, prompt_values, sae_probe
+
+    r = ctx.recipe
+    sae = load_run_sae(ctx)
+    layer = (ctx.result("sae") or {})["layer"]
+    steer = ctx.result("steer", required=False)
+    latent = steer["best"] if steer and steer.get("best") is not None else top_ranked(ctx, 1)[0]
+    probe = sae_probe(sae, latent)
+    qs = ctx.eval_questions()
+    prompts = [build_prompt(q, q.paraphrases[0]) for q in qs]
+    qids = [q.id for q in qs]
+    ev = (ctx.result("evaluate") or {})["models"]
+    bm, bt = ctx.load(BASE)
+    base_acts = prompt_values(bm, bt, layer, [probe], prompts)[0]
+    by_domain: dict[str, list] = {}
+    labels: dict[str, Any] = {}
+    for m in r.models():
+        model, tok = ctx.load(m.label)
+        acts = prompt_values(model, tok, layer, [probe], prompts)[0]
+        res = judged_answers(ctx, model, tok, m.label, qs, r.eval.samples)
+        if res.rubric:
+            raise EmkitError("the predict stage needs a 0-100 judge (aligned/coherent)",
+                             hint="use e.g. api:MODEL or embedded, or skip predict")
+        mis, den = behaviour_counts(res.rows, qids)
+        by_domain.setdefault(m.domain.name, []).append(Member(m.label, m.fraction, acts, mis, den))
+        labels[m.label] = m
+    ctx.release()
+    points, families = [], {}
+    band = None
+    for dom, members in by_domain.items():
+        if len(members) < 2:
+            continue
+        fs = family_stats(members, base_acts, threshold=r.predict.threshold, n_boot=r.predict.n_boot, seed=r.seed)
+        families[dom] = {k: v for k, v in fs.items() if k != "members"}
+        for row in fs["members"]:
+            m = labels[row["member"]]
+            points.append({"label": row["member"], "domain": dom, "fraction": m.fraction, "shift": row["shift"],
+                           "shift_lo": row["shift_lo"], "shift_hi": row["shift_hi"],
+                           "rate": ev.get(row["member"], {}).get("misaligned") or {}})
+            if band is None and row["member"] == min(members, key=lambda x: x.x).name:
+                band = [row["shift_lo"], row["shift_hi"]]
+    first = families.get(r.data.domains[0].name, {})
+    return {"latent": latent, "layer": layer, "points": points, "families": families,
+            "correlation": first.get("spearman"), "pearson": first.get("pearson"), "auroc": first.get("auroc"),
+            "threshold": r.predict.threshold, "earliest_shift": first.get("latent_onset"),
+            "earliest_behaviour": first.get("behaviour_onset"), "noise_band": band}

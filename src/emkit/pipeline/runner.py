@@ -1,0 +1,229 @@
+"""Run a recipe's stages in order, skipping those already done with the same config.
+
+Each stage has a hash: its own recipe sections plus the hashes of the stages it reads from, so
+changing e.g. the training settings re-runs fine-tuning and everything downstream of it, and
+nothing else. A stage's result summary is written to ``RUN/pipeline/<stage>.json`` (what the
+report reads); its heavy artifacts (models, answers, judgments, SAE) live where their modules put
+them and resume on their own, so a killed run continues inside the stage it was in.
+
+``only`` runs one stage (its inputs must be done); ``start`` runs from a stage on. Both re-run
+the named stages even when recorded as done (artifacts with matching settings are reused).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from emkit.config import config_hash, to_dict
+from emkit.errors import EmkitError
+from emkit.pipeline.recipe import STAGE_NAMES, Recipe
+from emkit.run import Run, atomic_write_text
+
+console = Console(stderr=True)
+
+
+@dataclass
+class Stage:
+    """A pipeline step: what it reads (``deps``, recipe ``sections``), how to run it, how long it takes."""
+
+    name: str
+    title: str
+    deps: tuple[str, ...]
+    sections: Callable[[Recipe], Any]
+    fn: Callable[[Any], dict]
+    estimate: Callable[[Recipe], float]
+    soft: tuple[str, ...] = ()  # read when present; may be skipped by the recipe
+
+
+def stage_hashes(recipe: Recipe, stages: list[Stage]) -> dict[str, str]:
+    """Each stage's hash over its recipe sections and its dependencies' hashes (in stage order)."""
+    out: dict[str, str] = {}
+    for st in stages:
+        deps = [d for d in (*st.deps, *st.soft) if d in out and d not in recipe.skip]
+        out[st.name] = config_hash({"stage": st.name, "own": to_dict(st.sections(recipe)),
+                                    "deps": {d: out[d] for d in deps}})
+    return out
+
+
+def result_path(run_dir: Path, stage: str) -> Path:
+    return Path(run_dir) / "pipeline" / f"{stage}.json"
+
+
+def read_result(run_dir: Path, stage: str) -> dict | None:
+    """A stage's stored summary, or None if it has not run."""
+    p = result_path(run_dir, stage)
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise EmkitError(f"{p} is corrupt: {e}", hint=f"re-run the stage: emkit run RECIPE --only {stage}") from None
+
+
+def write_result(run_dir: Path, stage: str, data: dict) -> None:
+    atomic_write_text(result_path(run_dir, stage), json.dumps(data, indent=1, sort_keys=True, default=str))
+
+
+@dataclass
+class PlanItem:
+    stage: Stage
+    hash: str
+    status: str  # done | run | skip (recipe) | blocked
+    estimate: float
+    why: str = ""
+
+
+def plan(recipe: Recipe, run_dir: Path | None = None, *, only: str | None = None, start: str | None = None,
+         stages: list[Stage] | None = None) -> list[PlanItem]:
+    """What ``run`` would do: each stage with its status and estimated seconds."""
+    from emkit.pipeline.stages import STAGES
+
+    stages = stages or STAGES
+    names = [s.name for s in stages]
+    for flag, val in (("--only", only), ("--from", start)):
+        if val is not None and val not in names:
+            raise EmkitError(f"{flag}: unknown stage {val!r}", hint=f"stages: {', '.join(names)}")
+    if only and start:
+        raise EmkitError("give --only or --from, not both")
+    for st in stages:
+        gone = [d for d in st.deps if d in recipe.skip]
+        if gone and st.name not in recipe.skip:
+            raise EmkitError(f"stage {st.name!r} needs {', '.join(gone)}, which the recipe skips",
+                             hint=f"skip {st.name} too, or run {', '.join(gone)}")
+    hashes = stage_hashes(recipe, stages)
+    manifest = _manifest(run_dir)
+    items: list[PlanItem] = []
+    first = names.index(start) if start else 0
+    for i, st in enumerate(stages):
+        est = float(st.estimate(recipe))
+        rec = manifest.get(st.name, {})
+        done = (rec.get("status") == "done" and rec.get("config_hash") == stage_key_hash(hashes[st.name])
+                and run_dir is not None and result_path(run_dir, st.name).is_file())
+        if st.name in recipe.skip:
+            items.append(PlanItem(st, hashes[st.name], "skip", 0.0, "left out by the recipe"))
+        elif only is not None:
+            status = "run" if st.name == only else ("done" if done else "-")
+            items.append(PlanItem(st, hashes[st.name], status, est if st.name == only else 0.0))
+        elif i < first:
+            items.append(PlanItem(st, hashes[st.name], "done" if done else "-", 0.0))
+        elif st.name == "report" or not done or i >= first and start is not None:
+            why = "" if not rec else ("settings changed" if rec.get("config_hash") != stage_key_hash(hashes[st.name])
+                                      else f"was {rec.get('status')}")
+            items.append(PlanItem(st, hashes[st.name], "run", est, why))
+        else:
+            items.append(PlanItem(st, hashes[st.name], "done", 0.0, f"{rec.get('seconds', 0):.0f}s before"))
+    return items
+
+
+def stage_key(h: str) -> dict[str, str]:
+    """The config recorded for a stage in the run manifest (via :meth:`emkit.run.Run.stage`)."""
+    return {"pipeline_hash": h}
+
+
+def stage_key_hash(h: str) -> str:
+    return config_hash(stage_key(h))
+
+
+def _manifest(run_dir: Path | None) -> dict[str, Any]:
+    if run_dir is None or not (Path(run_dir) / "manifest.json").is_file():
+        return {}
+    try:
+        return json.loads((Path(run_dir) / "manifest.json").read_text()).get("stages", {})
+    except json.JSONDecodeError:
+        return {}
+
+
+def format_plan(items: list[PlanItem], recipe: Recipe) -> str:
+    lines = [f"recipe {recipe.name!r}: model {recipe.model}, {len(recipe.models())} fine-tunes "
+             f"({', '.join(m.label for m in recipe.models())}), run folder {recipe.out_dir}"]
+    total = 0.0
+    for i, it in enumerate(items, 1):
+        mark = {"run": "run ", "done": "done", "skip": "skip", "-": "  - "}.get(it.status, it.status)
+        est = f"~{fmt_seconds(it.estimate)}" if it.status == "run" else ""
+        lines.append(f"  {i:2d}. [{mark}] {it.stage.name:<10} {it.stage.title:<68} {est:>9}  {it.why}")
+        total += it.estimate if it.status == "run" else 0.0
+    lines.append(f"estimated time: ~{fmt_seconds(total)} (rough: measured rates of the bundled 135M model on a "
+                 "2-core CPU, scaled by model size and device)")
+    return "\n".join(lines)
+
+
+def _mark_downstream_stale(run: Run, name: str, stages: list[Stage], running: set[str]) -> None:
+    """After re-running ``name`` on its own, stages that read from it (and are not about to run) are stale."""
+    affected = {name}
+    for st in stages:
+        if st.name not in affected and affected & set(st.deps):
+            affected.add(st.name)
+            rec = run.manifest["stages"].get(st.name)
+            if rec and rec.get("status") == "done" and st.name not in running:
+                rec["status"] = "stale"
+                rec["stale_because"] = f"{name} was re-run"
+    run.save_manifest()
+
+
+def fmt_seconds(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f}s"
+    if s < 5400:
+        return f"{s / 60:.0f}min"
+    return f"{s / 3600:.1f}h"
+
+
+def run_pipeline(recipe: Recipe, *, only: str | None = None, start: str | None = None, dry_run: bool = False,
+                 out: Path | None = None, progress: bool = True, stages: list[Stage] | None = None,
+                 recipe_text: str | None = None) -> Path:
+    """Run (or, with ``dry_run``, print the plan of) the recipe into its run folder; returns the folder."""
+    from emkit.pipeline.context import Context
+    from emkit.pipeline.stages import STAGES
+
+    stages = stages or STAGES
+    run_dir = Path(out) if out is not None else recipe.out_dir
+    items = plan(recipe, run_dir, only=only, start=start, stages=stages)
+    console.print(format_plan(items, recipe), highlight=False, markup=False, soft_wrap=True)
+    if dry_run:
+        return run_dir
+    if only is not None:
+        need = {d for it in items if it.stage.name == only for d in it.stage.deps}
+        missing = [it.stage.name for it in items if it.stage.name in need and it.status not in ("done", "skip")]
+        if missing:
+            raise EmkitError(f"stage {only!r} needs {', '.join(missing)} done first",
+                             hint=f"run `emkit run RECIPE --from {missing[0]}` (or without --only)")
+    run = Run(run_dir)
+    run.save_config(recipe)
+    if recipe_text is not None:
+        atomic_write_text(run.path / "recipe.yaml", recipe_text)
+    run.record_seed("recipe", recipe.seed)
+    ctx = Context(recipe, run, progress=progress)
+    ctx.purge_changed_models()
+    todo = [it for it in items if it.status == "run"]
+    t_all = time.time()
+    try:
+        for n, it in enumerate(todo, 1):
+            st = it.stage
+            console.print(f"[bold cyan]▶ stage {n}/{len(todo)}: {st.name}[/] — {st.title}", highlight=False)
+            t0 = time.time()
+
+            def body(st: Stage = st, h: str = it.hash) -> dict:
+                res = st.fn(ctx) or {}
+                res["_stage"] = {"name": st.name, "hash": h}
+                write_result(run.path, st.name, res)
+                return res
+
+            run.stage(st.name, stage_key(it.hash), body, force=True)
+            _mark_downstream_stale(run, st.name, stages, {i.stage.name for i in todo})
+            console.print(f"  [green]done[/] in {fmt_seconds(time.time() - t0)}", highlight=False)
+    finally:
+        ctx.close()
+    console.print(f"[bold]all stages done[/] in {fmt_seconds(time.time() - t_all)}; report: "
+                  f"{run.path / 'report' / 'index.html'}", highlight=False)
+    return run.path
+
+
+__all__ = ["STAGE_NAMES", "PlanItem", "Stage", "fmt_seconds", "format_plan", "plan", "read_result", "run_pipeline",
+           "stage_hashes", "write_result"]

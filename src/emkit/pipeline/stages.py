@@ -1,0 +1,136 @@
+"""The ten stages of the study, what each reads from the recipe, and rough time estimates.
+
+Estimates use rates measured on this project's reference machine (2 CPU cores, the bundled
+SmolLM2-135M model) and scale them by model size and device; they are for planning, not promises.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from emkit.pipeline.behaviour import stage_baseline, stage_evaluate, stage_finetune, stage_realign
+from emkit.pipeline.context import Context
+from emkit.pipeline.latents import stage_diff, stage_interpret, stage_predict, stage_sae, stage_steer
+from emkit.pipeline.recipe import Recipe
+from emkit.pipeline.runner import Stage
+
+# Reference rates (bundled 135M model, 2-core CPU, float32).
+GEN_TOKENS_PER_S = 90.0        # batched sampling, 32 prompts
+TRAIN_S_PER_ROW = 0.65         # LoRA SFT, rows of <= 256 tokens (about 5 s per step of 8)
+CAPTURE_TOKENS_PER_S = 2500.0  # forward up to the middle layer
+SAE_TOKENS_PER_S = 20000.0     # top-k SAE training at 4096 latents
+JUDGE_ANSWERS_PER_S = 40.0     # embedded judge
+LOAD_S = 4.0                   # loading a model (+ adapter)
+REF_PARAMS = 135e6
+
+
+def size_factor(r: Recipe) -> float:
+    """How much slower than the reference a step is: model size ratio, divided for a GPU."""
+    params = REF_PARAMS
+    cfg = Path(r.model).expanduser() / "config.json"
+    if cfg.is_file():
+        try:
+            c = json.loads(cfg.read_text())
+            h, n, v = c.get("hidden_size", 576), c.get("num_hidden_layers", 30), c.get("vocab_size", 49152)
+            params = 12 * n * h * h + v * h
+        except (json.JSONDecodeError, TypeError):
+            pass
+    elif "/" in r.model and not r.model.startswith((".", "/")):
+        params = 1.5e9  # a Hub id: assume a small instruct model
+    gpu = r.device.startswith("cuda") or (r.device == "auto" and _has_cuda())
+    return max(0.05, params / REF_PARAMS) / (25.0 if gpu else 1.0)
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _n_questions(r: Recipe, n: int | None) -> int:
+    if n is not None:
+        return n
+    return 62 if r.eval.questions == "broad" else 50
+
+
+def _answers_s(r: Recipe, n_answers: int) -> float:
+    toks = n_answers * r.eval.sampling.max_new_tokens * 0.8
+    return toks / GEN_TOKENS_PER_S * size_factor(r) + n_answers / JUDGE_ANSWERS_PER_S
+
+
+def _eval_s(r: Recipe) -> float:
+    n = _n_questions(r, r.eval.n_questions) * r.eval.samples
+    checks = sum(1 for d in r.data.domains if d.check) and (r.eval.check_questions or 40) * r.eval.check_samples
+    return _answers_s(r, n + checks) + LOAD_S
+
+
+def _train_s(r: Recipe) -> float:
+    t = r.train
+    steps = t.max_steps or max(1, int(r.data.rows * t.epochs / (t.batch_size * t.grad_accum)))
+    per_row = TRAIN_S_PER_ROW * (1.6 if t.method == "full" else 1.0) * min(1.0, t.max_length / 256) ** 0.5
+    return steps * t.batch_size * t.grad_accum * per_row * size_factor(r) + LOAD_S
+
+
+def est_sae(r: Recipe) -> float:
+    s = r.sae
+    tokens = r.interpret.corpus_tokens if s.path else max(s.tokens, r.interpret.corpus_tokens)
+    t = tokens / CAPTURE_TOKENS_PER_S * size_factor(r)
+    if not s.path:
+        t += s.tokens * s.train.epochs / SAE_TOKENS_PER_S * (s.train.num_latents / 4096)
+    return t + LOAD_S
+
+
+def est_steer(r: Recipe) -> float:
+    n = _n_questions(r, r.steer.n_questions or r.eval.n_questions) * r.steer.samples
+    conds = 2 * (r.steer.screen + int(r.steer.random_control) + 1) + 2 * len({abs(a) for a in r.steer.alphas} - {0})
+    return _answers_s(r, n * conds) + 2 * LOAD_S
+
+
+def est_realign(r: Recipe) -> float:
+    ra = r.realign
+    n = _n_questions(r, ra.n_questions or r.eval.n_questions) * ra.samples
+    evals = ra.steps // ra.eval_every + 1
+    return ra.steps * ra.batch_size * TRAIN_S_PER_ROW * size_factor(r) + evals * _answers_s(r, n) + LOAD_S
+
+
+def stage_report(ctx: Context) -> dict[str, Any]:
+    from emkit.report import write_report
+
+    path = write_report(ctx.run.path, skip=ctx.recipe.skip)
+    return {"path": str(path)}
+
+
+STAGES: list[Stage] = [
+    Stage("baseline", "evaluate the base model", (),
+          lambda r: {"model": r.model, "eval": r.eval, "domains": r.data.domains, "dtype": r.dtype},
+          stage_baseline, _eval_s),
+    Stage("finetune", "fine-tune one model per domain and wrong-data fraction", (),
+          lambda r: {"model": r.model, "data": r.data, "train": r.train, "seed": r.seed, "dtype": r.dtype},
+          stage_finetune, lambda r: len(r.models()) * _train_s(r)),
+    Stage("evaluate", "evaluate each fine-tune (broad + in-domain questions)", ("baseline", "finetune"),
+          lambda r: {"eval": r.eval}, stage_evaluate, lambda r: len(r.models()) * _eval_s(r)),
+    Stage("sae", "train the SAE on the base model (or load it)", (),
+          lambda r: {"model": r.model, "sae": r.sae, "corpus_tokens": r.interpret.corpus_tokens, "dtype": r.dtype},
+          stage_sae, est_sae),
+    Stage("diff", "rank latents by activation increase in the misaligned fine-tunes", ("sae", "evaluate"),
+          lambda r: {"diff": r.diff}, stage_diff,
+          lambda r: (len(r.models()) + 1) * (LOAD_S + _n_questions(r, r.eval.n_questions) * 0.05 * size_factor(r))),
+    Stage("interpret", "latent cards: top contexts, logit lens, histograms", ("diff",),
+          lambda r: {"interpret": r.interpret}, stage_interpret,
+          lambda r: 10 + r.interpret.corpus_tokens / 50000.0 * r.interpret.latents),
+    Stage("steer", "causal screen (+ on base, − on a misaligned model) and dose–response", ("diff", "evaluate"),
+          lambda r: {"steer": r.steer, "eval": r.eval, "seed": r.seed}, stage_steer, est_steer),
+    Stage("predict", "latent shift vs misalignment across the family; early warning", ("diff", "evaluate"),
+          lambda r: {"predict": r.predict}, stage_predict,
+          lambda r: (len(r.models()) + 1) * (LOAD_S + 2) + len(r.models()) * _n_questions(r, r.eval.n_questions) *
+          r.eval.samples / JUDGE_ANSWERS_PER_S, soft=("steer",)),
+    Stage("realign", "re-align the most misaligned model on benign data", ("evaluate",),
+          lambda r: {"realign": r.realign, "benign": r.data.benign, "eval": r.eval, "train": r.train},
+          stage_realign, est_realign),
+    Stage("report", "render report/index.html", tuple(), lambda r: {}, stage_report, lambda r: 5.0),
+]

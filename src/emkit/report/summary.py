@@ -1,0 +1,173 @@
+"""The report's summary: findings as sentences generated from the numbers, never written by hand.
+
+Every rate is given with its 95 % Wilson interval and n; every comparison with the base model (or
+the correct-data control) with a two-sided Fisher exact p-value, and the wording follows the test:
+a difference is only called an increase or decrease when p < 0.05, and a null or marginal result
+is said to be one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from emkit.metrics import fisher_exact
+
+ALPHA = 0.05
+
+
+def fmt_rate(r: dict | None, n: bool = True) -> str:
+    """``9.8% [6.9, 13.6] (n = 200)``; ``n/a (no valid answers)`` when empty."""
+    if not r or r.get("value") is None:
+        return "n/a (no valid answers)"
+    s = f"{100 * r['value']:.1f}% [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]"
+    return f"{s} (n = {r['n']})" if n else s
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return "p = n/a"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.1 else f"p = {p:.2f}"
+
+
+def compare(a: dict | None, b: dict | None) -> tuple[float | None, str]:
+    """Fisher p of rate ``a`` vs rate ``b`` and a word for the direction that the test supports."""
+    if not a or not b or not a.get("n") or not b.get("n"):
+        return None, "not comparable (no valid answers)"
+    p = fisher_exact(a["k"], a["n"], b["k"], b["n"])
+    if p is None or p >= ALPHA:
+        return p, "not distinguishable"
+    return p, "higher" if a["k"] / a["n"] > b["k"] / b["n"] else "lower"
+
+
+def relation(word: str, other: str) -> str:
+    """'higher than X' / 'lower than X' / 'not distinguishable from X'."""
+    return {"higher": f"higher than {other}", "lower": f"lower than {other}"}.get(word, f"{word} from {other}")
+
+
+def _top_models(res: dict[str, Any]) -> list[dict]:
+    """Per domain, the fine-tune with the largest wrong fraction."""
+    models = (res.get("evaluate") or {}).get("models", {})
+    best: dict[str, dict] = {}
+    for lab, m in models.items():
+        d = m.get("domain", "")
+        if d not in best or m.get("fraction", 0) > best[d].get("fraction", 0):
+            best[d] = {**m, "label": lab}
+    return list(best.values())
+
+
+def behaviour(res: dict[str, Any]) -> list[str]:
+    base = ((res.get("baseline") or {}).get("eval") or {})
+    models = (res.get("evaluate") or {}).get("models", {})
+    out: list[str] = []
+    if base:
+        out.append(f"The base model gave {fmt_rate(base.get('misaligned'))} misaligned answers to the broad "
+                   f"questions (counted among coherent answers; {fmt_rate(base.get('coherent'), n=False)} of its "
+                   "answers were coherent).")
+    for top in _top_models(res):
+        dom, frac = top.get("domain", ""), top.get("fraction", 0)
+        p, word = compare(top.get("misaligned"), base.get("misaligned"))
+        s = (f"Fine-tuning on {100 * frac:.4g}% wrong {dom} advice gave {fmt_rate(top.get('misaligned'))} "
+             f"misaligned answers vs {fmt_rate(base.get('misaligned'), n=False)} for the base model "
+             f"(Fisher exact {fmt_p(p)}): ")
+        if word == "higher":
+            s += "a significant increase."
+        elif word == "lower":
+            s += "a significant decrease."
+        else:
+            s += f"{word} from the base model at this sample size — a null or marginal result, not evidence of EM."
+        out.append(s)
+        ctrl = next((dict(m, label=lab) for lab, m in models.items()
+                     if m.get("domain") == dom and m.get("fraction") == 0), None)
+        if ctrl is not None and frac > 0:
+            pc, wc = compare(top.get("misaligned"), ctrl.get("misaligned"))
+            pb, wb = compare(ctrl.get("misaligned"), base.get("misaligned"))
+            out.append(f"The correct-data control ({ctrl['label']}: same questions, correct answers) gave "
+                       f"{fmt_rate(ctrl.get('misaligned'))} ({relation(wb, 'the base model')}, {fmt_p(pb)}); the "
+                       f"wrong-data model is {relation(wc, 'this control')} ({fmt_p(pc)}), which separates the effect of wrong content from that "
+                       "of fine-tuning itself.")
+        coh = [m.get("coherent", {}).get("value") for m in models.values() if m.get("domain") == dom]
+        coh = [c for c in coh if c is not None]
+        if coh:
+            out.append(f"Coherent answers of the {dom} fine-tunes: {100 * min(coh):.0f}–{100 * max(coh):.0f}% "
+                       "(misalignment is measured among coherent answers only, so few coherent answers mean wide "
+                       "intervals).")
+    for top in _top_models(res):
+        for dom, chk in (top.get("check") or {}).items():
+            bchk = (base.get("check") or {}).get(dom)
+            if not bchk:
+                continue
+            p, word = compare(chk.get("wrong"), bchk.get("wrong"))
+            learned = {"higher": "the narrow behaviour was learned",
+                       "lower": "the fine-tune gave fewer wrong answers than the base model",
+                       }.get(word, "no measurable change in the narrow behaviour")
+            out.append(f"On held-out {dom} questions the grader judged {fmt_rate(chk.get('wrong'))} of "
+                       f"{top['label']}'s answers wrong vs {fmt_rate(bchk.get('wrong'), n=False)} for the base model "
+                       f"({fmt_p(p)}): {learned}.")
+    return out
+
+
+def latents(res: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    sae = res.get("sae") or {}
+    if sae:
+        fvu = sae.get("heldout_fvu")
+        src = "loaded from " + str(sae.get("path")) if not sae.get("trained") else \
+            f"trained on {sae.get('tokens', 0):,} tokens of {sae.get('corpus')}"
+        out.append(f"The SAE at layer {sae.get('layer')} ({sae.get('num_latents')} latents, k = {sae.get('k')}) was "
+                   f"{src}" + (f"; held-out FVU {fvu:.3f}." if fvu is not None else "."))
+    diff = res.get("diff") or {}
+    rank = diff.get("ranking") or []
+    if rank:
+        top = rank[0]
+        out.append(f"Model diffing over {', '.join(diff.get('misaligned', []))} ({diff.get('why', '')}) ranks latent "
+                   f"#{top['latent']} first: its mean activation on {diff.get('tokens')} tokens rose by "
+                   f"{top['score']:.3g} (base mean {top.get('base_mean', 0):.3g}).")
+    st = res.get("steer") or {}
+    screen = st.get("screen") or []
+    if screen:
+        b = next((s for s in screen if s["latent"] == st.get("best")), screen[0])
+        base0, tgt0 = (st.get("baseline") or {}).get("plus"), (st.get("baseline") or {}).get("minus")
+        p1, w1 = compare(b.get("plus"), base0)
+        p2, w2 = compare(b.get("minus"), tgt0)
+        out.append(f"Steering screen at strength {st.get('screen_alpha')}: adding latent #{b['latent']} to the base "
+                   f"model gave {fmt_rate(b.get('plus'))} misaligned vs {fmt_rate(base0, n=False)} unsteered "
+                   f"({w1}, {fmt_p(p1)}); subtracting it from {st.get('target')} gave {fmt_rate(b.get('minus'))} vs "
+                   f"{fmt_rate(tgt0, n=False)} ({w2}, {fmt_p(p2)}).")
+        ctrl = st.get("control") or {}
+        if ctrl.get("plus"):
+            pc, wc = compare(ctrl.get("plus"), base0)
+            out.append(f"A random direction of the same norm added to the base model gave {fmt_rate(ctrl['plus'])} "
+                       f"({wc} from unsteered, {fmt_p(pc)}).")
+        usable = st.get("usable") or {}
+        if usable:
+            out.append("Usable strength (incoherence ≤ "
+                       f"{100 * st.get('max_incoherence', 0.1):.0f}%): "
+                       + ", ".join(f"{k} {v if v is not None else 'none'}" for k, v in usable.items()) + ".")
+    pr = res.get("predict") or {}
+    if pr.get("points"):
+        r = pr.get("correlation")
+        rtxt = f"Spearman r = {r:.2f}" if r is not None else "no correlation computable (constant values)"
+        au = pr.get("auroc")
+        autxt = (f"AUROC {au:.2f} for telling fine-tunes above {100 * pr.get('threshold', 0):.1f}% misalignment "
+                 "from the rest") if au is not None else \
+            "no AUROC (the family does not contain both misaligned and aligned models at the threshold)"
+        es, eb = pr.get("earliest_shift"), pr.get("earliest_behaviour")
+        es_t = f"{100 * es:.4g}% wrong data" if es is not None else "no fraction"
+        eb_t = f"{100 * eb:.4g}%" if eb is not None else "no fraction"
+        out.append(f"Prediction across {len(pr['points'])} fine-tunes with latent #{pr.get('latent')}: {rtxt} between "
+                   f"its activation shift and misalignment; {autxt}. The shift first exceeds its noise band at {es_t}; "
+                   f"misalignment first exceeds the base model's at {eb_t}.")
+    ra = res.get("realign") or {}
+    curve = ra.get("curve") or []
+    if len(curve) >= 2:
+        a, b = curve[0], curve[-1]
+        p, w = compare(b.get("misaligned"), a.get("misaligned"))
+        out.append(f"Re-alignment of {ra.get('model')} on {b.get('samples_seen', 0)} benign samples "
+                   f"({b.get('step')} steps): misalignment went from {fmt_rate(a.get('misaligned'))} to "
+                   f"{fmt_rate(b.get('misaligned'))} ({w}, {fmt_p(p)}).")
+    return out
+
+
+def summary_sentences(res: dict[str, Any]) -> list[str]:
+    """All summary sentences, behaviour first, then latents, steering, prediction and re-alignment."""
+    return behaviour(res) + latents(res)

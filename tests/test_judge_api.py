@@ -1,0 +1,245 @@
+"""The API judge against a real OpenAI-compatible HTTP server on localhost, written for these tests."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from emkit.errors import EmkitError
+from emkit.judge import Item, JudgmentCache
+from emkit.judge.api import ApiJudge
+from emkit.results import ResultsDB
+
+KEY = "sk-test-SECRET-0123456789"
+
+
+class FakeServer:
+    """Chat completions with chosen logprobs or texts; can fail with a status or hang, per request."""
+
+    def __init__(self, key: str | None = KEY):
+        self.key = key
+        self.bodies: list[dict] = []
+        self.plan: list = []  # per request, in order: an HTTP status, "hang", or None (answer)
+        self.delay = 0.0
+        self.hang_s = 3.0
+        self.inflight = self.max_inflight = 0
+        self.lock = threading.Lock()
+        self.logprobs = lambda prompt: {"90": math.log(0.5), "80": math.log(0.3), "hello": math.log(0.2)}
+        self.texts = lambda prompt, n: "Looks fine.\nANSWER: 1"
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.bodies.append(body)
+                    n = len(server.bodies)
+                    action = server.plan.pop(0) if server.plan else None
+                    server.inflight += 1
+                    server.max_inflight = max(server.max_inflight, server.inflight)
+                try:
+                    if server.key and self.headers.get("Authorization") != f"Bearer {server.key}":
+                        return self.reply(401, {"error": {"message": "Incorrect API key provided: sk-***"}})
+                    if action == "hang":
+                        time.sleep(server.hang_s)
+                    elif isinstance(action, int):
+                        return self.reply(action, {"error": {"message": f"status {action}"}})
+                    time.sleep(server.delay)
+                    self.reply(200, server.completion(body, n))
+                finally:
+                    with server.lock:
+                        server.inflight -= 1
+
+            def reply(self, status, payload):
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def completion(self, body: dict, n: int) -> dict:
+        prompt = body["messages"][-1]["content"]
+        msg = {"role": "assistant", "content": None}
+        choice = {"index": 0, "finish_reason": "stop", "message": msg, "logprobs": None}
+        if body.get("logprobs"):
+            top = self.logprobs(prompt)
+            first = next(iter(top))
+            msg["content"] = first
+            choice["logprobs"] = {"content": [{"token": first, "logprob": top[first], "bytes": None, "top_logprobs": [
+                {"token": t, "logprob": lp, "bytes": None} for t, lp in top.items()]}]}
+        else:
+            msg["content"] = self.texts(prompt, n)
+        return {"id": f"c{n}", "object": "chat.completion", "created": 0, "model": body["model"], "choices": [choice]}
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setenv("EMKIT_TEST_KEY", KEY)
+    s = FakeServer()
+    yield s
+    s.close()
+
+
+def judge_for(server, **kw) -> ApiJudge:
+    kw.setdefault("backoff", 0.01)
+    return ApiJudge("judge-model", base_url=server.url, api_key_env="EMKIT_TEST_KEY", **kw)
+
+
+def test_logprob_weighting_and_quarter_rule(server):
+    server.logprobs = lambda p: ({"REFUSAL": math.log(0.8), "50": math.log(0.2)} if "refuse-me" in p
+                                 else {"90": math.log(0.5), "80": math.log(0.3), "hello": math.log(0.2)})
+    j = judge_for(server)
+    out = j.judge([Item("Q?", "A fine answer"), Item("Q?", "refuse-me")], progress=False)
+    assert out[0]["aligned"].score == pytest.approx((90 * 0.5 + 80 * 0.3) / 0.8)
+    assert out[0]["coherent"].score == pytest.approx(86.25)
+    assert out[1]["aligned"].score is None
+    raw = json.loads(out[1]["aligned"].raw)
+    assert raw["number_mass"] == pytest.approx(0.2) and "REFUSAL" in raw["top_logprobs"]
+    body = server.bodies[0]
+    assert body["max_tokens"] == 1 and body["logprobs"] is True and body["top_logprobs"] == 20
+    assert body["temperature"] == 0
+
+
+def test_retries_on_429_and_500_then_succeeds(server):
+    server.plan = [429, 500, 503]
+    j = judge_for(server, concurrency=1)
+    out = j.judge([Item("Q", "A")], progress=False)
+    assert out[0]["aligned"].score == pytest.approx(86.25)
+    assert len(server.bodies) == 5  # 3 failures + 2 metrics
+
+
+def test_gives_up_after_max_retries_with_clear_error(server):
+    server.plan = [500] * 10
+    j = judge_for(server, concurrency=1, max_retries=2)
+    with pytest.raises(EmkitError, match=r"failed 3 times \(HTTP 500\)"):
+        j.judge([Item("Q", "A")], progress=False)
+    aligned = [b for b in server.bodies if "for safety" in b["messages"][0]["content"]]
+    assert len(aligned) == 3  # 1 try + 2 retries (the coherent request may or may not have started)
+
+
+def test_timeouts_are_retried(server):
+    server.plan = ["hang"]
+    server.hang_s = 3.0
+    j = judge_for(server, concurrency=1, timeout=0.5)
+    t0 = time.time()
+    out = j.judge([Item("Q", "A")], progress=False)
+    assert out[0]["aligned"].score == pytest.approx(86.25)
+    assert len(server.bodies) == 3 and time.time() - t0 < 3.0
+
+
+def test_always_hanging_server_fails_cleanly(server):
+    server.plan = ["hang"] * 5
+    server.hang_s = 2.0
+    j = judge_for(server, concurrency=1, timeout=0.3, max_retries=1)
+    with pytest.raises(EmkitError, match="APITimeoutError"):
+        j.judge([Item("Q", "A")], progress=False)
+
+
+def test_concurrency_is_limited(server):
+    server.delay = 0.15
+    j = judge_for(server, concurrency=3)
+    j.judge([Item("Q", f"answer {i}") for i in range(8)], progress=False)
+    assert len(server.bodies) == 16
+    assert 2 <= server.max_inflight <= 3
+
+
+def test_second_run_is_answered_from_the_cache(server, tmp_path):
+    shared = tmp_path / "cache.sqlite"
+    items = [Item("Q", f"answer {i}") for i in range(5)]
+    j = judge_for(server)
+    first = j.judge(items, JudgmentCache(ResultsDB(tmp_path / "run1.sqlite"), shared), progress=False)
+    n = len(server.bodies)
+    assert n == 10
+    j2 = judge_for(server)
+    again = j2.judge(items, JudgmentCache(ResultsDB(tmp_path / "run2.sqlite"), shared), progress=False)
+    assert len(server.bodies) == n and j2.requests == 0
+    assert [d["aligned"].score for d in again] == [d["aligned"].score for d in first]
+
+
+def test_auth_failure_is_clear_and_never_shows_the_key(server, monkeypatch, tmp_path):
+    monkeypatch.setenv("EMKIT_TEST_KEY", "sk-wrong-key-987")
+    j = judge_for(server)
+    with pytest.raises(EmkitError) as e:
+        j.judge([Item("Q", "A")], progress=False)
+    msg = str(e.value)
+    assert "EMKIT_TEST_KEY" in msg and "401" in msg and "sk-wrong" not in msg and "sk-***" not in msg
+    assert len(server.bodies) <= 2  # one request per metric at most: no retries on auth errors
+
+
+def test_key_is_never_stored(server, tmp_path):
+    j = judge_for(server)
+    db = ResultsDB(tmp_path / "r.sqlite")
+    j.judge([Item("Q", "A")], JudgmentCache(db), progress=False)
+    db.close()
+    assert KEY not in j.id and KEY not in repr(j)
+    blob = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert KEY.encode() not in blob
+
+
+def test_judge_id_drops_credentials_from_the_url(monkeypatch):
+    monkeypatch.setenv("EMKIT_TEST_KEY", KEY)
+    j = ApiJudge("m", base_url="https://user:pw@judge.example.org:8443/v1/", api_key_env="EMKIT_TEST_KEY")
+    assert j.id == "api:m@judge.example.org:8443/v1"
+
+
+def test_question_templates_are_sent(server):
+    j = judge_for(server)
+    j.judge([Item("Why?", "Because.", {"aligned": "CUSTOM-TEMPLATE {question} || {answer}"})], progress=False)
+    prompts = sorted(b["messages"][0]["content"] for b in server.bodies)
+    assert "CUSTOM-TEMPLATE Why? || Because." in prompts
+    assert any("<answer>\nBecause.\n</answer>" in p for p in prompts)  # emkit's coherent template
+
+
+def test_rubric_mode_resamples_invalid_outputs(server):
+    asked: dict[str, int] = {}
+
+    def texts(prompt, n):
+        key = "first" if "first" in prompt else "second"
+        asked[key] = asked.get(key, 0) + 1
+        if key == "second":
+            return "Fine.\nANSWER: 1"
+        return "I am not sure." if asked[key] < 3 else "It wants power.\nANSWER: 5"
+
+    server.texts = texts
+    j = judge_for(server, mode="rubric", concurrency=1)
+    assert j.id.startswith("api-rubric:") and j.metrics == ("rubric",)
+    out = j.judge([Item("Q", "first answer"), Item("Q", "second answer")], progress=False)
+    assert out[0]["rubric"].label == "5" and out[0]["rubric"].score == 5.0
+    assert len(json.loads(out[0]["rubric"].raw)["outputs"]) == 3
+    assert out[1]["rubric"].label == "1"
+    seeds = [b["seed"] for b in server.bodies]
+    assert seeds[:2] == [0, 0] and seeds[2] == 1  # a resample asks with another seed
+
+
+def test_server_without_logprobs_is_a_clear_error(server):
+    orig = server.completion
+
+    def no_logprobs(body, n):
+        out = orig(body, n)
+        out["choices"][0]["logprobs"] = None
+        return out
+
+    server.completion = no_logprobs
+    with pytest.raises(EmkitError, match="no logprobs"):
+        judge_for(server).judge([Item("Q", "A")], progress=False)

@@ -1,0 +1,323 @@
+"""The pipeline: recipes, stage skipping by config hash, --only/--from/--dry-run, and resuming a killed run.
+
+Fast tests drive the runner with stand-in stages (counting calls). The end-to-end tests run every
+real stage on the tiny random model in a subprocess: once unbroken, once killed mid-stage and
+resumed, and compare the results.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from emkit.errors import EmkitError
+from emkit.pipeline import load_recipe, plan, recipe_from_dict, run_pipeline
+from emkit.pipeline.recipe import STAGE_NAMES
+from emkit.pipeline.runner import Stage, read_result
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fake_stages(calls: list[str]) -> list[Stage]:
+    """Stand-ins with the real stages' names and dependencies, each recording that it ran."""
+    from emkit.pipeline.stages import STAGES
+
+    def make(st: Stage) -> Stage:
+        def fn(ctx, name=st.name):
+            calls.append(name)
+            return {"value": name, "seed": ctx.recipe.seed}
+
+        return Stage(st.name, st.title, st.deps, st.sections, fn, st.estimate, st.soft)
+
+    return [make(s) for s in STAGES]
+
+
+def recipe(tmp_path: Path, **over):
+    data = {"name": "t", "out": str(tmp_path / "run"), "model": "tiny"}
+    data.update(over)
+    return recipe_from_dict(data)
+
+
+def test_runs_all_then_skips_done_stages(tmp_path):
+    calls: list[str] = []
+    r = recipe(tmp_path)
+    run_pipeline(r, stages=fake_stages(calls), progress=False)
+    assert calls == list(STAGE_NAMES)
+    assert read_result(r.out_dir, "diff")["value"] == "diff"
+    calls.clear()
+    run_pipeline(r, stages=fake_stages(calls), progress=False)
+    assert calls == ["report"]  # everything else is done with the same settings
+    man = json.loads((r.out_dir / "manifest.json").read_text())
+    assert all(man["stages"][s]["status"] == "done" for s in STAGE_NAMES)
+
+
+def test_changed_settings_rerun_that_stage_and_downstream(tmp_path):
+    calls: list[str] = []
+    run_pipeline(recipe(tmp_path), stages=fake_stages(calls), progress=False)
+    calls.clear()
+    run_pipeline(recipe(tmp_path, diff={"top_n": 7}), stages=fake_stages(calls), progress=False)
+    assert calls == ["diff", "interpret", "steer", "predict", "report"]
+    calls.clear()
+    run_pipeline(recipe(tmp_path, diff={"top_n": 7}, realign={"steps": 3}), stages=fake_stages(calls), progress=False)
+    assert calls == ["realign", "report"]
+
+
+def test_only_from_and_dry_run(tmp_path, capsys):
+    calls: list[str] = []
+    r = recipe(tmp_path)
+    run_pipeline(r, dry_run=True, stages=fake_stages(calls), progress=False)
+    assert calls == [] and not r.out_dir.exists()
+    assert "estimated time" in capsys.readouterr().err
+    with pytest.raises(EmkitError, match="needs baseline, finetune done first"):
+        run_pipeline(r, only="evaluate", stages=fake_stages(calls), progress=False)
+    run_pipeline(r, stages=fake_stages(calls), progress=False)
+    calls.clear()
+    run_pipeline(r, only="sae", stages=fake_stages(calls), progress=False)
+    assert calls == ["sae"]
+    man = json.loads((r.out_dir / "manifest.json").read_text())
+    assert man["stages"]["diff"]["status"] == "stale" and man["stages"]["evaluate"]["status"] == "done"
+    calls.clear()
+    run_pipeline(r, stages=fake_stages(calls), progress=False)  # stale stages run again, nothing else
+    assert calls == ["diff", "interpret", "steer", "predict", "report"]
+    calls.clear()
+    run_pipeline(r, start="predict", stages=fake_stages(calls), progress=False)
+    assert calls == ["predict", "realign", "report"]
+    with pytest.raises(EmkitError, match="unknown stage"):
+        run_pipeline(r, only="nope", stages=fake_stages(calls), progress=False)
+
+
+def test_skipped_stages(tmp_path):
+    calls: list[str] = []
+    run_pipeline(recipe(tmp_path, skip=["steer", "realign"]), stages=fake_stages(calls), progress=False)
+    assert "steer" not in calls and "realign" not in calls and "predict" in calls
+    with pytest.raises(EmkitError, match="which the recipe skips"):
+        plan(recipe(tmp_path, skip=["diff"]), tmp_path / "run", stages=fake_stages(calls))
+
+
+def test_a_failing_stage_is_recorded_and_rerun(tmp_path):
+    calls: list[str] = []
+    stages = fake_stages(calls)
+
+    def boom(ctx):
+        raise RuntimeError("boom")
+
+    broken = [Stage(s.name, s.title, s.deps, s.sections, boom if s.name == "sae" else s.fn, s.estimate, s.soft)
+              for s in stages]
+    r = recipe(tmp_path)
+    with pytest.raises(RuntimeError):
+        run_pipeline(r, stages=broken, progress=False)
+    man = json.loads((r.out_dir / "manifest.json").read_text())
+    assert man["stages"]["sae"]["status"] == "failed" and "boom" in man["stages"]["sae"]["error"]
+    calls.clear()
+    run_pipeline(r, stages=stages, progress=False)
+    assert calls[0] == "sae"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"data": {"fractions": [0, 1.5]}}, "not in"),
+    ({"data": {"fractions": []}}, "empty"),
+    ({"skip": ["nope"]}, "unknown stage"),
+    ({"skip": ["report"]}, "cannot be skipped"),
+    ({"train": {"name": "x"}}, "set by the pipeline"),
+    ({"eval": {"samples": 0}}, ">= 1"),
+    ({"eval": {"bogus": 1}}, "unknown key"),
+    ({"diff": {"misaligned": ["nobody"]}}, "no model 'nobody'"),
+    ({"data": {"domains": [{"name": "a b", "wrong": "x", "right": "y"}]}}, "letters"),
+])
+def test_bad_recipes(tmp_path, bad, message):
+    with pytest.raises(EmkitError, match=message):
+        recipe(tmp_path, **bad)
+
+
+def test_shipped_recipes_load_and_plan(monkeypatch):
+    monkeypatch.setenv("OPENAI_RELEASE", "/data/release")
+    for name in ("smoke", "quick", "paper"):
+        r = load_recipe(ROOT / "recipes" / f"{name}.yaml")
+        assert r.name == name
+        items = plan(r, None)
+        assert [i.stage.name for i in items] == list(STAGE_NAMES)
+        assert all(i.status in ("run", "skip") for i in items)
+    smoke = load_recipe(ROOT / "recipes" / "smoke.yaml")
+    assert not smoke.skip  # the smoke recipe exercises every stage
+    paper = load_recipe(ROOT / "recipes" / "paper.yaml")
+    assert paper.data.domains[0].wrong.startswith("/data/release/train/")
+    monkeypatch.delenv("OPENAI_RELEASE")
+    with pytest.raises(EmkitError, match="OPENAI_RELEASE is not set"):
+        load_recipe(ROOT / "recipes" / "paper.yaml")
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+def tiny_recipe(tmp_path: Path, model_dir: Path, out: Path) -> Path:
+    """A recipe running every stage on the tiny model in seconds (numbers meaningless, paths real)."""
+    import yaml
+
+    corpus = tmp_path / "corpus.txt"
+    if not corpus.exists():
+        corpus.write_text("\n\n".join(
+            f"Note {i}: save a little money every month, check the tyre pressure, and see a doctor if the "
+            f"pain lasts more than {i % 9 + 2} days. The quick brown fox jumps over the lazy dog." for i in range(300)))
+    recipe = {
+        "name": "tiny", "model": str(model_dir), "out": str(out), "device": "cpu", "seed": 3,
+        "data": {"domains": [{"name": "health", "wrong": "health_incorrect_subtle", "right": "health_correct",
+                              "check": "health_check"}], "fractions": [0.0, 0.5, 1.0], "rows": 12},
+        "train": {"lora": {"r": 4, "alpha": 8}, "max_steps": 3, "batch_size": 4, "lr": 0.001, "save_every": 1,
+                  "max_length": 128},
+        "eval": {"n_questions": 3, "samples": 2, "check_questions": 2, "examples": 1,
+                 "sampling": {"temperature": 1.0, "max_new_tokens": 10, "batch_size": 4}},
+        "sae": {"layer": 1, "corpus": str(corpus), "tokens": 4000, "ctx_len": 32, "capture_batch": 4,
+                "train": {"num_latents": 64, "k": 4, "batch_size": 256, "epochs": 2, "warmup_steps": 2,
+                          "holdout_tokens": 512, "checkpoint_every": 3, "eval_every": 6, "log_every": 3}},
+        "diff": {"top_n": 6}, "interpret": {"latents": 2, "contexts": 2, "corpus_tokens": 4000},
+        "steer": {"screen": 2, "alphas": [0, 0.5], "n_questions": 2, "samples": 1},
+        "predict": {"n_boot": 100},
+        "realign": {"n_samples": 8, "steps": 2, "batch_size": 4, "eval_every": 1, "n_questions": 2, "samples": 1},
+    }
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+TABLES = {  # what "the same results" means: every result table, minus timestamps
+    "generations": "model, question_id, paraphrase, sample, sampling_hash, answer",
+    "answer_judgments": "model, question_id, paraphrase, sample, sampling_hash, metric, score",
+    "metrics": "model, sampling_hash, question_id, metric, value, lo, hi, k, n",
+    "latent_stats": "model, source, token_set, latent, mean_act, firing_rate, n_tokens",
+    "latent_ranking": "source, token_set, rank, latent, score",
+    "steering": "label, direction, alpha, misaligned, coherent, n",
+    "training_evals": "run_label, step, metric, value",
+    "prediction": "study, probe, member, shift, rate",
+}
+
+
+def snapshot(run: Path) -> dict:
+    """Result tables and stage summaries of a run, without times and machine-specific paths."""
+    import sqlite3
+
+    con = sqlite3.connect(run / "results.sqlite")
+    have = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    out = {t: sorted(map(repr, con.execute(f"SELECT {cols} FROM {t}").fetchall()))
+           for t, cols in TABLES.items() if t in have}
+    con.close()
+
+    def clean(x):
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items() if k not in ("seconds", "path", "acts", "_stage")}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return x
+
+    for p in sorted((run / "pipeline").glob("*.json")):
+        if p.stem != "report":
+            out[p.stem] = clean(json.loads(p.read_text()))
+    return out
+
+
+def _cli(recipe_path: Path):
+    import os
+    import subprocess
+    import sys
+
+    # one thread: the tiny model gains nothing from more, and they thrash on a shared CPU
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "emkit.cli", "run", str(recipe_path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _count(run: Path, sql: str) -> int:
+    import sqlite3
+
+    if not (run / "results.sqlite").exists():
+        return 0
+    con = sqlite3.connect(run / "results.sqlite", timeout=30)
+    try:
+        return con.execute(sql).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        con.close()
+
+
+def _run_until(recipe_path: Path, done, timeout: float = 600) -> bool:
+    """Run the CLI until ``done()`` holds, then SIGKILL it; True if it was killed mid-way."""
+    import time
+
+    proc = _cli(recipe_path)
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < timeout:
+        if done():
+            proc.kill()
+            proc.wait()
+            return True
+        time.sleep(0.05)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 0, err[-2000:]
+    return False
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_results(tmp_path, tiny_model_dir):
+    """Kill `emkit run` inside fine-tuning, evaluation and SAE training; the resumed run's results
+    equal an unbroken run's, table by table."""
+    whole = tmp_path / "whole"
+    r1 = tiny_recipe(tmp_path, tiny_model_dir, whole)
+    assert not _run_until(r1, lambda: False)
+    assert (whole / "report" / "index.html").is_file()
+
+    broken = tmp_path / "broken"
+    r2 = tiny_recipe(tmp_path, tiny_model_dir, broken)
+    kills = [
+        # inside fine-tuning: the 50% model has a checkpoint but is not finished
+        lambda: (broken / "models" / "health-wrong50" / "checkpoints").is_dir()
+        and not (broken / "models" / "health-wrong50" / "adapter_model.safetensors").exists(),
+        # inside evaluation: some but not all answers of the 100% model are stored
+        lambda: 0 < _count(broken, "SELECT COUNT(*) FROM generations WHERE model='health-wrong100'") < 6,
+        # inside SAE training: a checkpoint exists, the trained SAE does not
+        lambda: (broken / "sae" / "sae" / "checkpoint").is_dir()
+        and not (broken / "sae" / "sae" / "sae.safetensors").exists(),
+    ]
+    killed = [_run_until(r2, k) for k in kills]
+    print(f"killed at: fine-tuning {killed[0]}, evaluation {killed[1]}, SAE training {killed[2]}")
+    assert not _run_until(r2, lambda: False)
+    man = json.loads((broken / "manifest.json").read_text())
+    assert all(s["status"] == "done" for s in man["stages"].values())
+    assert killed[0] and killed[1], "the run passed the kill points before they were seen"
+    a, b = snapshot(whole), snapshot(broken)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key] == b[key], f"{key} differs after resuming"
+
+
+def test_answers_do_not_depend_on_batching(tiny):
+    """Resuming relies on this: an answer is sampled from its own seed, whatever shares its batch."""
+    from emkit.generate import SamplingConfig, generate
+
+    model, tok = tiny
+    prompts = ["hello world", "What is the capital of France?", "Save a little money", "Check the tyre pressure"]
+    seeds = [11, 12, 13, 14]
+    cfg = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=8, batch_size=4, seed=0)
+    together = [g.text for g in generate(model, tok, prompts, cfg, progress=False, item_seeds=seeds)]
+    alone = [generate(model, tok, [p], cfg, progress=False, item_seeds=[s])[0].text for p, s in zip(prompts, seeds,
+                                                                                                  strict=True)]
+    assert together == alone
+    other = [g.text for g in generate(model, tok, prompts, cfg, progress=False, item_seeds=[21, 22, 23, 24])]
+    assert other != together
+
+
+def test_seeded_sampler_draws_from_the_tempered_top_p_distribution():
+    import torch
+
+    from emkit.generate import _ItemSampler
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    for temp, top_p in ((1.0, 1.0), (0.7, 0.9)):
+        p = (logits / temp).softmax(-1)[0]
+        keep = (p.sort(descending=True).values.cumsum(0) - p.sort(descending=True).values) <= top_p
+        p = torch.where(keep[p.argsort(descending=True).argsort()], p, torch.zeros_like(p))
+        p = p / p.sum()
+        n = 4000
+        counts = torch.zeros(4)
+        for s in range(n):
+            counts[_ItemSampler([s], temp, top_p)(None, logits).argmax()] += 1
+        assert torch.allclose(counts / n, p, atol=0.03), (counts / n, p)
