@@ -72,6 +72,8 @@ def test_only_from_and_dry_run(tmp_path, capsys):
     assert "estimated time" in capsys.readouterr().err
     with pytest.raises(EmkitError, match="needs baseline, finetune done first"):
         run_pipeline(r, only="evaluate", stages=fake_stages(calls), progress=False)
+    with pytest.raises(EmkitError, match="earlier stage"):
+        run_pipeline(r, start="diff", stages=fake_stages(calls), progress=False)
     run_pipeline(r, stages=fake_stages(calls), progress=False)
     calls.clear()
     run_pipeline(r, only="sae", stages=fake_stages(calls), progress=False)
@@ -256,6 +258,34 @@ def _run_until(recipe_path: Path, done, timeout: float = 600) -> bool:
     return False
 
 
+def check_real_report(run: Path) -> None:
+    """The pipeline's own report: every section rendered from real stage results; in Chromium (when
+    installed) a script planted in an answer shows as text; a screenshot is saved next to it."""
+    import re
+
+    from emkit.report import SECTIONS, write_report
+    from emkit.report.browser import chromium_path, dump_dom, screenshot
+
+    html = (run / "report" / "index.html").read_text()
+    for sid, _ in SECTIONS:
+        assert f'<section id="{sid}">' in html
+    assert "could not be rendered" not in html and "has not run" not in html
+    plant = "<script>document.body.setAttribute('data-pwned','1')</script>"
+    base = json.loads((run / "pipeline" / "baseline.json").read_text())
+    ex = base["eval"]["examples"]
+    kind = next(k for k, v in ex.items() if v)
+    ex[kind][0]["answer"] = plant + ex[kind][0]["answer"]
+    (run / "pipeline" / "baseline.json").write_text(json.dumps(base))
+    report = write_report(run)
+    assert plant not in report.read_text()
+    if chromium_path() is None:
+        return
+    dom = dump_dom(report)
+    assert set(re.findall(r'<section id="([^"]+)"', dom)) == {sid for sid, _ in SECTIONS}
+    assert 'data-pwned="1"' not in dom and "&lt;script&gt;document.body" in dom
+    assert screenshot(report, report.parent / "screenshot.png").stat().st_size > 10_000
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_results(tmp_path, tiny_model_dir):
     """Kill `emkit run` inside fine-tuning, evaluation and SAE training; the resumed run's results
@@ -263,7 +293,8 @@ def test_killed_run_resumes_to_the_same_results(tmp_path, tiny_model_dir):
     whole = tmp_path / "whole"
     r1 = tiny_recipe(tmp_path, tiny_model_dir, whole)
     assert not _run_until(r1, lambda: False)
-    assert (whole / "report" / "index.html").is_file()
+    a = snapshot(whole)
+    check_real_report(whole)
 
     broken = tmp_path / "broken"
     r2 = tiny_recipe(tmp_path, tiny_model_dir, broken)
@@ -283,7 +314,7 @@ def test_killed_run_resumes_to_the_same_results(tmp_path, tiny_model_dir):
     man = json.loads((broken / "manifest.json").read_text())
     assert all(s["status"] == "done" for s in man["stages"].values())
     assert killed[0] and killed[1], "the run passed the kill points before they were seen"
-    a, b = snapshot(whole), snapshot(broken)
+    b = snapshot(broken)
     assert a.keys() == b.keys()
     for key in a:
         assert a[key] == b[key], f"{key} differs after resuming"

@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
         out_dir: Path = typer.Option(Path("runs/sae"), "--out", "-o", help="SAE folder (cfg.json + sae.safetensors)."),
         acts: Path = typer.Option(None, help="Activation folder (default: OUT/activations); reused when present."),
         epochs: float = typer.Option(4.0, help="Passes over the captured tokens."),
-        batch_size: int = typer.Option(2048, help="Tokens per training step."),
+        batch_size: int = typer.Option(1024, help="Tokens per training step."),
         lr: float = typer.Option(0.0, help="Adam learning rate (0 = scaled to the number of latents)."),
         ctx_len: int = typer.Option(256, help="Tokens per window when capturing."),
         capture_batch: int = typer.Option(8, help="Windows per forward pass when capturing."),

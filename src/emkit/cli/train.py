@@ -105,8 +105,14 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(None, help="auto, cpu, cuda ..."),
         dtype: str = typer.Option(None, help="auto, float32, bfloat16."),
         overwrite: bool = typer.Option(False, help="Discard an earlier run of the same name."),
+        eval_every: int = typer.Option(0, help="Every K steps answer --eval-questions and judge them (0: off)."),
+        eval_questions: str = typer.Option("broad", help="Questions for --eval-every."),
+        judge: str = typer.Option("embedded", "--judge", "-j", help="Judge for --eval-every (see emkit eval)."),
+        eval_max_new_tokens: int = typer.Option(80, help="Answer length for --eval-every."),
     ) -> None:
         """Fine-tune a model (LoRA or full) on chat data, loss on assistant tokens only; resumable.
+
+        With --eval-every K the misalignment rate is measured every K steps into the training_evals table.
 
         Example: emkit finetune --data health_incorrect_subtle --name health-wrong --steps 40 --out runs/health
         """
@@ -123,9 +129,21 @@ def register(app: typer.Typer) -> None:
                  layers=[int(x) for x in _split_csv(layers)] if layers else None),
         )
         rows = load_rows(data, mix, cfg.seed)
+        callbacks = []
         run = Run(out_dir)
+        if eval_every:
+            from emkit.cli.generate import sampling_options
+            from emkit.cli.judge import judge_options
+            from emkit.data import load_questions
+            from emkit.train.callbacks import EvalCallback
+            from emkit.train.realign import judge_eval_fn
+
+            qs = load_questions(eval_questions)
+            j = judge_options(judge, None, "OPENAI_API_KEY", None, 8, 60.0, cfg.device)
+            fn = judge_eval_fn(run, qs, j, sampling_options(1.0, 1.0, eval_max_new_tokens, 32, cfg.seed), cfg.name, 1)
+            callbacks.append(EvalCallback(fn, eval_every, run=run, label=cfg.name))
         run.record_seed(f"finetune:{cfg.name}", cfg.seed)
-        folder = finetune(cfg, rows, run, overwrite=overwrite)
+        folder = finetune(cfg, rows, run, overwrite=overwrite, callbacks=callbacks)
         print_log_summary(folder)
         out.print(f"trained {cfg.method} model in {folder}  (load it with --model {folder})")
 

@@ -96,10 +96,14 @@ class JudgmentCache:
             raise ValueError("JudgmentCache needs at least one database")
 
     def get(self, judge_id: str, keys: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str, str], Judgment]:
-        """Look up (metric, prompt_hash, answer_hash) keys; returns those found."""
+        """Look up (metric, prompt_hash, answer_hash) keys; returns those found.
+
+        Judgments found only in a later file (a shared cache) are copied into the first (the run's).
+        """
         found: dict[tuple[str, str, str], Judgment] = {}
         want = set(keys)
-        for db in self.dbs:
+        for n, db in enumerate(self.dbs):
+            before = set(found)
             if not want:
                 break
             hashes = sorted({k[2] for k in want})
@@ -115,11 +119,12 @@ class JudgmentCache:
                         found[k] = Judgment(r["metric"], r["score"], r["raw"], r["label"], judge_id,
                                             r["prompt_hash"], r["answer_hash"], cached=True)
                         want.discard(k)
+            if n > 0 and len(found) > len(before):
+                self.dbs[0].insert("judgments", [_row(found[k]) for k in set(found) - before], replace=True)
         return found
 
     def put(self, judgments: Sequence[Judgment]) -> None:
-        rows = [dict(judge_id=j.judge_id, metric=j.metric, prompt_hash=j.prompt_hash, answer_hash=j.answer_hash,
-                     score=j.score, label=j.label, raw=j.raw) for j in judgments]
+        rows = [_row(j) for j in judgments]
         for db in self.dbs:
             db.insert("judgments", rows, replace=True)
 
@@ -173,6 +178,11 @@ class BaseJudge:
             bar.update(len(chunk))
         bar.close()
         return [{m: known[k] for m, k in d.items()} for d in keyed]
+
+
+def _row(j: Judgment) -> dict[str, Any]:
+    return dict(judge_id=j.judge_id, metric=j.metric, prompt_hash=j.prompt_hash, answer_hash=j.answer_hash,
+                score=j.score, label=j.label, raw=j.raw)
 
 
 def _dump(raw: Any) -> str:

@@ -168,7 +168,7 @@ def stage_finetune(ctx: Context) -> dict[str, Any]:
             cache[name] = load_dataset(name)
         return cache[name]
 
-    ctx.release()
+    ctx.release(base=True)
     out = []
     for m in r.models():
         rows = mix(rows_of(m.domain.right), rows_of(m.domain.wrong), m.fraction, n=r.data.rows, seed=r.seed)
@@ -259,7 +259,7 @@ def stage_realign(ctx: Context) -> dict[str, Any]:
                 "n_answers": rec["n_answers"], "mis_k": mis["k"], "mis_n": mis["n"], "coh_k": coh["k"],
                 "coh_n": coh["n"]}
 
-    ctx.release()
+    ctx.release(base=True)
     realign(ctx.run, ctx.model_dir(label), rows, cfg, qs, ctx.judge, r.eval.sampling, eval_fn=eval_fn,
             progress=ctx.progress)
     return {"model": label, "why": why, "data": data, "n_samples": cfg.n_samples, "steps": ra.steps,

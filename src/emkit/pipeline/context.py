@@ -55,10 +55,19 @@ class Context:
         self._other = (label, model, tok)
         return model, tok
 
-    def release(self) -> None:
-        """Drop the loaded fine-tune (the base model stays)."""
+    def release(self, base: bool = False) -> None:
+        """Drop the loaded fine-tune (and the base model too with ``base``), freeing memory for training."""
         self._other = None
+        if base:
+            self._base = None
         gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # pragma: no cover
+            pass
 
     def close(self) -> None:
         self._base = None

@@ -63,7 +63,9 @@ def stage_sae(ctx: Context) -> dict[str, Any]:
     index = capture(model, tok, layer, iter_documents(s.corpus), acts_dir(ctx), max_tokens=tokens, ctx_len=s.ctx_len,
                     batch_size=s.capture_batch, dtype=s.acts_dtype, source=s.corpus, progress=ctx.progress)
     if index["n_tokens"] == 0:
-        raise EmkitError(f"the corpus {s.corpus!r} gave no tokens", hint="check `emkit data corpus --stats`")
+        raise EmkitError(f"the corpus {s.corpus!r} gave no tokens",
+                         hint="fetch the offline corpus with `make corpus` (scripts/fetch_corpus.sh), or set "
+                         "sae.corpus to a .txt/.jsonl file or folder; `emkit data corpus --stats` shows the sources")
     out = {"layer": layer, "hook": f"blocks.{layer}.hook_resid_post", "corpus": s.corpus,
            "tokens": index["n_tokens"], "acts": str(acts_dir(ctx))}
     if s.path:

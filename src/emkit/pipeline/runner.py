@@ -194,6 +194,12 @@ def run_pipeline(recipe: Recipe, *, only: str | None = None, start: str | None =
         if missing:
             raise EmkitError(f"stage {only!r} needs {', '.join(missing)} done first",
                              hint=f"run `emkit run RECIPE --from {missing[0]}` (or without --only)")
+    if start is not None:
+        before = [it.stage.name for it in items[: [i.stage.name for i in items].index(start)]
+                  if it.status not in ("done", "skip")]
+        if before:
+            raise EmkitError(f"--from {start}: earlier stage(s) {', '.join(before)} are not done",
+                             hint="run without --from first (done stages are skipped anyway)")
     run = Run(run_dir)
     run.save_config(recipe)
     if recipe_text is not None:

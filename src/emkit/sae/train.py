@@ -38,7 +38,8 @@ CKPT = "checkpoint"
 
 @dataclass
 class SaeTrainConfig:
-    """SAE size and optimisation settings. ``lr = 0`` picks ``8e-4 * sqrt(4096 / num_latents)``.
+    """SAE size and optimisation settings. ``lr = 0`` picks ``2e-3 * sqrt(4096 / num_latents)`` (tuned for
+    CPU-sized runs of a few hundred optimiser steps; long GPU runs may prefer a smaller rate).
 
     ``select_dtype`` is the precision in which the top k latents are chosen (values and gradients
     are fp32 either way); ``auto`` times both on the first batch and keeps the faster.
@@ -70,7 +71,7 @@ class SaeTrainConfig:
             raise EmkitError(f"decay_frac must be in [0, 1), got {self.decay_frac}")
 
     def resolved_lr(self) -> float:
-        return self.lr or 8e-4 * math.sqrt(4096 / self.num_latents)
+        return self.lr or 2e-3 * math.sqrt(4096 / self.num_latents)
 
 
 @dataclass

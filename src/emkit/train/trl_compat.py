@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,8 @@ class _Bridge:
         from transformers import TrainerCallback
 
         class Bridge(TrainerCallback):
+            nan_step: int | None = None
+
             def on_train_begin(self, args, state, control, **kw):
                 call_all(callbacks, "on_train_begin", self._ctx(state, kw))
 
@@ -93,6 +96,11 @@ class _Bridge:
                         row[k] = v
                 if extra is not None:
                     row.update(extra())
+                loss = logs.get("loss")
+                if isinstance(loss, float) and not math.isfinite(loss):
+                    self.nan_step = state.global_step
+                    control.should_training_stop = True
+                    control.should_save = False
                 with log_path.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
 
@@ -152,6 +160,11 @@ def run_grpo(
     resume = any(ckpt_dir.glob("checkpoint-*")) if ckpt_dir.is_dir() else False
     try:
         trainer.train(resume_from_checkpoint=True if resume else None)
+        if bridge.nan_step is not None:
+            done = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+            where = f"the last good checkpoint is {done[-1]}" if done else "no checkpoint was written before it"
+            raise EmkitError(f"GRPO loss became NaN/inf at step {bridge.nan_step}; training stopped and {where}",
+                             hint="lower the learning rate or raise beta")
     except torch.OutOfMemoryError:
         raise EmkitError(
             f"out of memory in GRPO with batch_size={cfg.batch_size}, num_generations={cfg.num_generations}",
