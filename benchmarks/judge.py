@@ -38,10 +38,11 @@ def main() -> None:
     ap.add_argument("--local-n", type=int, default=4)
     args = ap.parse_args()
 
-    rows = load_labelled(LABELLED, "heldout")
-    rows = (rows * (args.n // len(rows) + 1))[: args.n]
+    base = load_labelled(LABELLED, "heldout")
+    rows = (base * (args.n // len(base) + 1))[: args.n]
     # make every pair distinct so no work is shared between repeats of the same row
-    items = [Item(r["question"], f"{r['answer']} ({i})" if i >= 315 else r["answer"]) for i, r in enumerate(rows)]
+    items = [Item(r["question"], r["answer"] if i < len(base) else f"{r['answer']} ({i})")
+             for i, r in enumerate(rows)]
     n_words = sum(len(it.answer.split()) for it in items) / len(items)
     print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}; "
           f"{len(items)} pairs, {n_words:.0f} words per answer on average")

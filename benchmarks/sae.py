@@ -1,12 +1,14 @@
 """SAE training and activation-capture speed, measured side by side in one run.
 
-1. Training tokens/s of emkit's top-k SAE step vs EleutherAI sparsify's (``eai-sparsify==1.3.3``,
-   ``pip install 'emkit[sparsify]'``) on the same activation tensors, shapes, optimiser (Adam) and
-   learning rate. The sparsify step is the per-batch work of its trainer with ``loss_fn="fvu"``
-   (decoder renorm, forward with FVU and AuxK, backward, gradient projection, Adam step, dead-latent
-   bookkeeping); its trainer itself also runs the language model, which is left out here. Two
-   regimes: no dead latents (AuxK off) and 25% of latents marked dead (AuxK on, k_aux = d_in / 2).
-   The two are interleaved over rounds and the median is reported, since the machine may be shared.
+1. Training tokens/s of emkit's top-k SAE step (fp32, and with the top k chosen from a bfloat16
+   encoder product, which ``train_sae`` picks when that is faster) vs EleutherAI sparsify's
+   (``eai-sparsify==1.3.3``, ``pip install 'emkit[sparsify]'``) on the same activation tensors,
+   shapes, optimiser (Adam) and learning rate. The sparsify step is the per-batch work of its
+   trainer with ``loss_fn="fvu"`` (decoder renorm, forward with FVU and AuxK, backward, gradient
+   projection, Adam step, dead-latent bookkeeping); its trainer also runs the language model, which
+   is left out here. Two regimes: no dead latents (AuxK off) and 25% of latents marked dead (AuxK
+   on, k_aux = d_in / 2). Runs are interleaved over rounds and medians reported, since the machine
+   may be shared.
 2. Capture tokens/s: ``emkit.activations.run_to_layer`` (stops after layer L) vs a plain full
    forward pass of the model on the same windows, and ``capture()`` end to end (including writing
    shards) on the same windows.
@@ -44,7 +46,7 @@ def activations(args) -> torch.Tensor:
     return torch.zeros(n, 2048).scatter_(1, idx, vals) @ dirs + torch.randn(n, args.d_in, generator=g) * 0.1
 
 
-def emkit_runner(x: torch.Tensor, args, dead_frac: float):
+def emkit_runner(x: torch.Tensor, args, dead_frac: float, select_dtype: torch.dtype | None = None):
     sae = TopKSAE(SaeConfig(d_in=x.shape[1], num_latents=args.latents, k=args.k), seed=0)
     opt = torch.optim.Adam(sae.parameters(), lr=args.lr)
     since = torch.zeros(args.latents, dtype=torch.long)
@@ -52,7 +54,8 @@ def emkit_runner(x: torch.Tensor, args, dead_frac: float):
     n_dead = int(dead_frac * args.latents)
 
     def step(b: torch.Tensor) -> None:
-        train_step(sae, opt, b, since, lr=args.lr, dead_tokens=10**9, auxk_alpha=1 / 32, k_aux=x.shape[1] // 2)
+        train_step(sae, opt, b, since, lr=args.lr, dead_tokens=10**9, auxk_alpha=1 / 32, k_aux=x.shape[1] // 2,
+                   select_dtype=select_dtype)
         since[:n_dead] = 10**12
 
     return step
@@ -108,18 +111,21 @@ def bench_training(args) -> None:
         have_sparsify = False
         print("  eai-sparsify is not installed (pip install 'emkit[sparsify]'): timing emkit only")
     for dead_frac in (0.0, 0.25):
-        runs: dict[str, list[float]] = {"emkit": [], "sparsify": []}
+        runs: dict[str, list[float]] = {"emkit": [], "emkit-bf16sel": [], "sparsify": []}
         for _ in range(args.rounds):
             runs["emkit"].append(time_steps(emkit_runner(x, args, dead_frac), x, args))
+            runs["emkit-bf16sel"].append(time_steps(emkit_runner(x, args, dead_frac, torch.bfloat16), x, args))
             if have_sparsify:
                 runs["sparsify"].append(time_steps(sparsify_runner(x, args, dead_frac), x, args))
-        e = statistics.median(runs["emkit"])
-        line = f"  dead={dead_frac:.0%}: emkit {e:,.0f} tok/s"
+        med = {k: statistics.median(v) for k, v in runs.items() if v}
+        line = f"  dead={dead_frac:.0%}: emkit fp32 {med['emkit']:,.0f} tok/s | emkit bf16 selection " \
+               f"{med['emkit-bf16sel']:,.0f} tok/s"
         if have_sparsify:
-            s = statistics.median(runs["sparsify"])
-            line += f" | sparsify {s:,.0f} tok/s | emkit/sparsify = {e / s:.2f}x"
-        print(line + f"  (per-round emkit {[round(v) for v in runs['emkit']]}, sparsify "
-                     f"{[round(v) for v in runs['sparsify']]})")
+            s = med["sparsify"]
+            line += (f" | sparsify {s:,.0f} tok/s | emkit/sparsify = {med['emkit'] / s:.2f}x (fp32), "
+                     f"{med['emkit-bf16sel'] / s:.2f}x (bf16 selection)")
+        print(line)
+        print("    per round: " + "; ".join(f"{k} {[round(v) for v in vs]}" for k, vs in runs.items() if vs))
 
 
 def bench_capture(args) -> None:

@@ -125,6 +125,15 @@ def test_diff_run_on_own_answers_and_unsupervised_data(tiny, shifted, tmp_path):
                                         {"role": "assistant", "content": answers["ft"]}])[1])
     assert res[("eval-answers", "answer")].finetuned["ft"].n_tokens == n_answer
     assert list(data) == [("data:wrong", "answer")] and data[("data:wrong", "answer")].order[0] == PLANTED
+    run.db.insert("generations", [dict(model="ft", question_id="q1", paraphrase=0, sample=0, sampling_hash="steered",
+                                       prompt="What is the capital of France?", system=None, answer="Lyon!", n_tokens=2,
+                                       truncated=0)])
+    with pytest.raises(EmkitError, match="2 sampling conditions"):
+        diff_run(run, sae, {"base": (model, tok), "ft": shifted}, "base", questions=QUESTIONS[:1],
+                 cfg=DiffConfig(answers=True, token_sets=["all"]), progress=False)
+    picked = diff_run(run, sae, {"base": (model, tok), "ft": shifted}, "base", questions=QUESTIONS[:1],
+                      cfg=DiffConfig(answers=True, sampling_hash="h"), progress=False)
+    assert picked[("eval-answers:h", "answer")].finetuned["ft"].n_tokens == n_answer  # not the steered answer
     with pytest.raises(EmkitError, match="no sampled answers"):
         diff_run(run, sae, {"base": (model, tok), "other": shifted}, "base", questions=QUESTIONS,
                  cfg=DiffConfig(answers=True), progress=False)

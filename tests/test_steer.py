@@ -362,10 +362,14 @@ BUNDLED_LAYER, BUNDLED_ALPHA = 15, 0.15
 
 @pytest.mark.slow
 def test_bundled_hostile_direction_steers_the_judges_aligned_score(tmp_path, bundled):
+    """A hostile-minus-kind direction (difference of means at layer 15) added at +0.15 residual norms
+    lowers the embedded judge's mean aligned score of greedy answers; -0.15 does not."""
+    from emkit.config import config_hash
     from emkit.data.schema import Question
     from emkit.directions import mean_difference
     from emkit.judge.embedded import EmbeddedJudge
     from emkit.run import Run
+    from emkit.steer import steer_tag
 
     model, tok = bundled
 
@@ -375,18 +379,13 @@ def test_bundled_hostile_direction_steers_the_judges_aligned_score(tmp_path, bun
 
     d = mean_difference(model, tok, BUNDLED_LAYER, chats(HOSTILE), chats(KIND), name="hostile-kind")
     cfg = SamplingConfig(temperature=0, max_new_tokens=40, batch_size=8)
-    plain = generate(model, tok, EVAL, cfg, progress=False)
-    with steer(model, BUNDLED_LAYER, d, 0.0, tokenizer=tok):
-        zero = generate(model, tok, EVAL, cfg, progress=False)
-    assert [g.text for g in zero] == [g.text for g in plain]
+    plain = generate(model, tok, EVAL, cfg, progress=False)  # no hook at all
 
     run = Run(tmp_path / "run")
     qs = [Question(f"q{i}", [t]) for i, t in enumerate(EVAL)]
     res = sweep(run, model, tok, BUNDLED_LAYER, d, [-BUNDLED_ALPHA, 0, BUNDLED_ALPHA], qs, EmbeddedJudge(), cfg,
                 "smollm2")
     by = {r["alpha"]: r for r in res["rows"]}
-    from emkit.config import config_hash
-    from emkit.steer import steer_tag
 
     def answers(alpha):
         h = config_hash({"sampling": cfg, "tag": steer_tag(d, BUNDLED_LAYER, alpha, "all", res["scale"])})
@@ -395,7 +394,8 @@ def test_bundled_hostile_direction_steers_the_judges_aligned_score(tmp_path, bun
 
     for a, r in sorted(by.items()):
         print(f"alpha {a:+g}: mean aligned {r['aligned_mean']:.1f}, coherent {r['coherent']}, answers {answers(a)}")
-    assert answers(0.0) == [g.text for g in plain]  # the stored alpha-0 answers are the unsteered ones
+    assert answers(0.0) == [g.text for g in plain]  # alpha 0 (hook in place) reproduces the unsteered answers
+    assert answers(BUNDLED_ALPHA) != answers(0.0)
     # towards hostile lowers the aligned score; away from it does not
     assert by[BUNDLED_ALPHA]["aligned_mean"] < by[0.0]["aligned_mean"] - 10
     assert by[-BUNDLED_ALPHA]["aligned_mean"] > by[BUNDLED_ALPHA]["aligned_mean"] + 10

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from emkit.errors import EmkitError
@@ -366,14 +367,12 @@ class ActivationStore:
         path = self.folder / self.shards[i]["file"]
         if not path.is_file():
             raise EmkitError(f"activation shard {path} is missing")
-        data = load_file(str(path))
-        return {k: data[k].float() if k == "acts" else data[k] for k in keys}
+        with safe_open(str(path), framework="pt") as f:  # reads only the tensors asked for
+            return {k: f.get_tensor(k).float() if k == "acts" else f.get_tensor(k) for k in keys}
 
     @property
     def has_tokens(self) -> bool:
         """Whether the shards keep token ids, input numbers and positions (captures do; tensors don't)."""
-        from safetensors import safe_open
-
         with safe_open(str(self.folder / self.shards[0]["file"]), framework="pt") as f:
             return {"tokens", "seq", "pos", "win_id", "win_len", "win_tokens"} <= set(f.keys())
 

@@ -37,7 +37,7 @@ register_table(
     """CREATE TABLE IF NOT EXISTS latent_stats (
         model TEXT NOT NULL,          -- label of the model (base or a fine-tune)
         sae_id TEXT NOT NULL,         -- emkit.diff.sae_id(sae)
-        source TEXT NOT NULL,         -- eval | eval-answers | data:NAME
+        source TEXT NOT NULL,         -- eval | eval-answers[:SAMPLING_HASH] | data:NAME
         token_set TEXT NOT NULL,      -- prompt | answer | all
         latent INTEGER NOT NULL,
         mean_act REAL NOT NULL,       -- mean activation over the tokens (zeros included)
@@ -242,6 +242,7 @@ class DiffConfig:
     chunk: int = 64
     top_n: int = 20
     max_norm_ratio: float | None = MAX_NORM_RATIO
+    sampling_hash: str | None = None  # which stored answers to use when a label has several conditions
 
 
 def eval_items(questions: Sequence[Any]) -> list[list[dict[str, str]]]:
@@ -251,10 +252,21 @@ def eval_items(questions: Sequence[Any]) -> list[list[dict[str, str]]]:
     return [build_prompt(q, p) for q in questions for p in q.paraphrases]
 
 
-def answer_items(db: Any, label: str, limit: int | None = None) -> list[list[dict[str, str]]]:
-    """Chats (prompt + the model's own answer) from the ``generations`` table for ``label``."""
+def answer_items(db: Any, label: str, limit: int | None = None, sampling_hash: str | None = None
+                 ) -> list[list[dict[str, str]]]:
+    """Chats (prompt + the model's own answer) from the ``generations`` table for ``label``.
+
+    A label may hold answers of several conditions (e.g. steering tags); ``sampling_hash`` picks one,
+    and without it a label with several is refused rather than mixed.
+    """
+    hashes = [r["sampling_hash"] for r in db.query(
+        "SELECT DISTINCT sampling_hash FROM generations WHERE model=?", (label,))]
+    if sampling_hash is None and len(hashes) > 1:
+        raise EmkitError(f"{label!r} has answers from {len(hashes)} sampling conditions: {hashes}",
+                         hint="choose one with DiffConfig.sampling_hash / --answers-hash")
     rows = db.query("SELECT prompt, system, answer FROM generations WHERE model=? AND answer != '' "
-                    "ORDER BY question_id, paraphrase, sample, sampling_hash", (label,))
+                    "AND (? IS NULL OR sampling_hash=?) ORDER BY question_id, paraphrase, sample",
+                    (label, sampling_hash, sampling_hash))
     out = []
     for r in rows[:limit]:
         msgs = [{"role": "system", "content": r["system"]}] if r["system"] else []
@@ -345,13 +357,14 @@ def diff_run(run: Any, sae: Any, models: Mapping[str, Any], base: str, *, questi
             raise EmkitError("no evaluation questions")
         jobs.append(("eval", [t for t in cfg.token_sets if t != "answer"] or ["prompt"], prompts))
         if cfg.answers:
-            jobs.append(("eval-answers", ["answer"], lambda lab: answer_items(run.db, lab, cfg.max_answers)))
+            jobs.append(("eval-answers" + (f":{cfg.sampling_hash}" if cfg.sampling_hash else ""), ["answer"],
+                         lambda lab: answer_items(run.db, lab, cfg.max_answers, cfg.sampling_hash)))
     else:
         if not data:
             raise EmkitError("the fine-tuning data is empty")
         jobs.append((f"data:{data_name}", ["answer"], list(data)))
     if cfg.answers and questions is not None:
-        missing = [lab for lab in models if not answer_items(run.db, lab, 1)]
+        missing = [lab for lab in models if not answer_items(run.db, lab, 1, cfg.sampling_hash)]
         if missing:
             raise EmkitError(f"no sampled answers stored for {missing}",
                              hint="run `emkit generate --label LABEL` for each model into this run first")

@@ -160,7 +160,7 @@ def onset(xs: Sequence[float], values: Sequence[Sequence[float]], *, dens: Seque
     for i in order[1:]:
         e = bootstrap_diff(values[i], values[ref], a_den=None if dens is None else dens[i],
                            b_den=None if dens is None else dens[ref], n_boot=n_boot, level=level, seed=seed)
-        rows.append(dict(x=float(xs[i]), value=e.value, lo=e.lo, hi=e.hi, exceeds=e.above_zero))
+        rows.append(dict(index=i, x=float(xs[i]), value=e.value, lo=e.lo, hi=e.hi, exceeds=e.above_zero))
         if e.above_zero and first is None:
             first = float(xs[i])
     return Onset(first, rows)
@@ -194,16 +194,16 @@ def family_stats(members: Sequence[Member], base_acts: Sequence[float] | None = 
     ms = sorted(members, key=lambda m: m.x)
     base = np.asarray(base_acts if base_acts is not None else ms[0].acts, float)
     lat = onset([m.x for m in ms], [m.acts for m in ms], n_boot=n_boot, level=level, seed=seed)
-    by_x = {r["x"]: r for r in lat.rows}
+    by_index = {r["index"]: r for r in lat.rows}
     has_beh = all(m.mis is not None and m.den is not None for m in ms)
     beh = (onset([m.x for m in ms], [m.mis for m in ms], dens=[m.den for m in ms], n_boot=n_boot, level=level,
                  seed=seed) if has_beh else None)
     rows = []
-    for m in ms:
+    for i, m in enumerate(ms):
         sh = bootstrap_diff(m.acts, base, n_boot=n_boot, level=level, seed=seed)
         rate = (wilson(int(round(sum(m.mis))), int(round(sum(m.den)))) if has_beh else (None, None, None))
         label = m.misaligned if m.misaligned is not None else (None if rate[0] is None else rate[0] > threshold)
-        o = by_x.get(float(m.x), {})
+        o = by_index.get(i, {})
         rows.append(dict(member=m.name, x=float(m.x), shift=sh.value, shift_lo=sh.lo, shift_hi=sh.hi,
                          onset_diff=o.get("value"), onset_lo=o.get("lo"), onset_hi=o.get("hi"), rate=rate[0],
                          rate_lo=rate[1], rate_hi=rate[2], misaligned=None if label is None else int(label)))

@@ -58,6 +58,7 @@ def register(app: typer.Typer) -> None:
         misaligned: str = typer.Option("", help="Labels to average the score over (default: all fine-tunes)."),
         questions: str = typer.Option("broad", "--questions", "-q", help="Evaluation questions (file or built-in)."),
         answers: bool = typer.Option(False, help="Also encode each model's own answers (generations in OUT)."),
+        answers_hash: str = typer.Option(None, help="Sampling hash of the answers to use, when a label has several."),
         data: str = typer.Option(None, help="Unsupervised mode: rank on this fine-tuning data set instead."),
         limit: int = typer.Option(None, help="Use only the first N questions / data rows."),
         token_set: str = typer.Option("prompt", help="Prompt tokens to encode: prompt or all."),
@@ -88,7 +89,7 @@ def register(app: typer.Typer) -> None:
             rows = [r.messages for r in load_dataset(data)][:limit]
         else:
             qs = load_questions(questions)[:limit]
-        cfg = DiffConfig(token_sets=[token_set], answers=answers, top_n=top)
+        cfg = DiffConfig(token_sets=[token_set], answers=answers, top_n=top, sampling_hash=answers_hash)
         run = Run(out_dir)
 
         def loader(spec: str):

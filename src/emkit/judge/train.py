@@ -205,7 +205,7 @@ def finetune_encoder(encoder: Encoder, rows: Sequence[dict], x0: np.ndarray, *, 
             loss.backward()
             opt.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     state = {}
     for name, mod in loras.items():
