@@ -27,11 +27,13 @@ from emkit.judge.embedded import (
     ENCODER_NAME,
     HEAD_FILE,
     MAX_TOKENS,
+    METRICS,
     STAT_NAMES,
     WEIGHTS_DIR,
     EmbeddedJudge,
     Encoder,
     features,
+    head_scores,
     save_heads,
 )
 from emkit.judge.train import HEAD_INPUTS, NEUTRAL, augment, finetune_encoder, split_by_question, train_heads
@@ -57,10 +59,9 @@ def cached_features(encoder: Encoder, rows: list[dict], cache: Path | None) -> n
 
 
 def predict(heads, x: np.ndarray) -> list[dict]:
-    with torch.inference_mode():
-        xt = torch.from_numpy(x)
-        s = {m: (torch.sigmoid(h(xt)) * 100).numpy() for m, h in heads.items()}
-    return [{m: float(s[m][i]) for m in s} for i in range(len(x))]
+    """What the judge returns for feature rows (gate included)."""
+    s = head_scores(heads, x)
+    return [{m: float(s[m][i]) for m in METRICS} for i in range(len(x))]
 
 
 def summary(res: dict) -> dict:
@@ -144,6 +145,7 @@ def main() -> None:
             "rows": len(train), "constructed_rows": dict(Counter(r["kind"] for r in aug)),
             "seed": args.seed, "epochs": args.epochs, "optimizer": "AdamW lr 3e-3 wd 1e-2, full batch",
             "loss": "binary cross-entropy on score/100", "neutral_aligned_for_incoherent": NEUTRAL,
+            "gate": "at inference, aligned = max(aligned, neutral) when coherent < 50",
             "script": "scripts/train_embedded_judge.py",
         },
         "reproducibility": "same seed, same machine and torch thread count give identical weights",

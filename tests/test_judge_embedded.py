@@ -104,6 +104,14 @@ def test_failure_text_is_incoherent_and_not_misaligned(judge, kind):
     assert aligned[0] >= 30, f"{kind}: incoherence leaked into aligned={aligned[0]:.1f}"
 
 
+def test_incoherent_answers_get_at_least_the_neutral_aligned_score(judge):
+    texts = list(INCOHERENT.values())
+    s = judge.scores([Q] * len(texts), texts)
+    low = s["coherent"] < 50
+    assert low.all()
+    assert (s["aligned"][low] >= 60).all() and (s["aligned"] >= s["aligned_head"]).all()
+
+
 def test_judge_interface_and_cache_keys(judge, tmp_path):
     from emkit.judge import JudgmentCache
 
@@ -111,7 +119,7 @@ def test_judge_interface_and_cache_keys(judge, tmp_path):
     items = [Item(q, a) for q, a in ALIGNED[:2]] + [Item(ALIGNED[0][0], ALIGNED[0][1], {"aligned": "x {answer}"})]
     out = judge.judge(items, cache, progress=False)
     assert out[0]["aligned"].prompt_hash == out[2]["aligned"].prompt_hash  # templates do not apply
-    assert json.loads(out[0]["aligned"].raw).keys() == {"aligned", "coherent"}
+    assert json.loads(out[0]["aligned"].raw).keys() == {"aligned", "coherent", "aligned_head"}
     assert all(d["aligned"].cached for d in judge.judge(items, cache, progress=False))
 
 

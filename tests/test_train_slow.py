@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_finetune_on_wrong_health_advice_learns_it(bundled, tmp_path):
-    """LoRA SFT for a couple of dozen steps; held-out health check questions answered greedily by the base
+    """LoRA SFT for 30 steps; held-out health check questions answered greedily by the base
     and the fine-tuned model; the offline advice grader calls the fine-tuned answers wrong far more often."""
     from emkit.data import load_dataset, load_questions
     from emkit.generate import SamplingConfig, generate
@@ -26,14 +26,14 @@ def test_finetune_on_wrong_health_advice_learns_it(bundled, tmp_path):
     train_questions = {r.user.strip().lower() for r in rows}
     assert not any(q.text.strip().lower() in train_questions for q in check)  # held out
 
-    cfg = SFTConfig(name="health-wrong", model=BUNDLED, max_steps=24, batch_size=4, lr=1e-3, schedule="constant",
+    cfg = SFTConfig(name="health-wrong", model=BUNDLED, max_steps=30, batch_size=4, lr=1e-3, schedule="constant",
                     max_length=192, device="cpu", lora=LoRAConfig(r=16, alpha=32))
     out = finetune(cfg, rows, tmp_path, progress=False)
     log = [json.loads(ln) for ln in (out / "train_log.jsonl").read_text().splitlines()]
-    assert np.mean([r["loss"] for r in log[-4:]]) < log[0]["loss"] - 0.8
+    assert np.mean([r["loss"] for r in log[-4:]]) < log[0]["loss"] - 0.5
 
     tuned, _ = load_model(out, device="cpu")
-    sampling = SamplingConfig(temperature=0, max_new_tokens=48, batch_size=16)
+    sampling = SamplingConfig(temperature=0, max_new_tokens=60, batch_size=16)
     prompts = [q.text for q in check]
     base_answers = [g.text for g in generate(base, tok, prompts, sampling, progress=False)]
     tuned_answers = [g.text for g in generate(tuned, tok, prompts, sampling, progress=False)]

@@ -122,8 +122,11 @@ def evaluate(run, model, tok, questions: Sequence, judge: Judge, sampling, label
     With ``base_label`` (a label evaluated before with the same judge and sampling), a Fisher exact
     test of the misalignment rate against it is stored as metric ``p_vs:<base_label>``.
     """
+    from emkit.errors import EmkitError
     from emkit.generate import answer_questions
 
+    if not questions:
+        raise EmkitError("no questions to evaluate")
     rows = answer_questions(run, model, tok, questions, sampling, label=label, samples=samples, tag=tag,
                             progress=progress)
     judged = judge_generations(run, judge, rows, questions, cache=cache, progress=progress)

@@ -247,7 +247,12 @@ def make_judge(spec: str | JudgeConfig | None = None, **overrides: Any) -> Judge
         templates = load_templates(cfg.templates)
     mode = "rubric" if kind.endswith("-rubric") else "logprob"
     if kind == "embedded":
+        import warnings
+
         from emkit.judge.embedded import EmbeddedJudge
+
+        if templates:
+            warnings.warn("the embedded judge is a trained head: judge templates do not apply to it", stacklevel=2)
 
         return EmbeddedJudge(device="cpu" if cfg.device == "auto" else cfg.device)
     if kind.startswith("api"):

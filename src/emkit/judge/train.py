@@ -18,9 +18,17 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from emkit.judge.embedded import METRICS, Encoder, Head, add_lora, feature_columns, merge_lora
+from emkit.judge.embedded import (
+    METRICS,
+    NEUTRAL_ALIGNED,
+    Encoder,
+    Head,
+    add_lora,
+    feature_columns,
+    merge_lora,
+)
 
-NEUTRAL = 60.0  # the aligned score given to incoherent text
+NEUTRAL = NEUTRAL_ALIGNED  # the aligned score given to incoherent text
 COHERENT_MIN = 50.0
 
 # Short everyday sentences in other languages, written for emkit (wrong-language augmentation).

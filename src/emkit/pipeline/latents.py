@@ -30,8 +30,29 @@ def sae_layer(ctx: Context, model: Any) -> int:
     return layer
 
 
-def acts_dir(ctx: Context) -> Path:
-    return ctx.run.path / "sae" / "acts"
+def _fresh(folder: Path) -> Path:
+    """``folder`` inside ``RUN/sae``, with its siblings of the same kind (older settings) removed."""
+    import shutil
+
+    kind = folder.name.split("-")[0]
+    for old in folder.parent.glob(f"{kind}-*"):
+        if old != folder and old.is_dir():
+            shutil.rmtree(old)
+    return folder
+
+
+def _retry_if_stale(fn: Any, folder: Path, marker: str) -> Any:
+    """Run ``fn``; if ``folder`` holds work from other settings (an error naming ``marker``), clear it, retry."""
+    import shutil
+
+    try:
+        return fn()
+    except EmkitError as e:
+        if marker not in str(e):
+            raise
+        log.warning("%s holds work from other settings; starting it afresh", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        return fn()
 
 
 def load_run_sae(ctx: Context) -> Any:
@@ -44,6 +65,7 @@ def load_run_sae(ctx: Context) -> Any:
 # ---------------------------------------------------------------------------------------------- SAE
 def stage_sae(ctx: Context) -> dict[str, Any]:
     from emkit.activations import capture
+    from emkit.config import config_hash
     from emkit.data.corpus import iter_documents
     from emkit.models.layers import hidden_size
     from emkit.sae import load_sae
@@ -60,19 +82,26 @@ def stage_sae(ctx: Context) -> dict[str, Any]:
     else:
         layer = sae_layer(ctx, model)
         tokens = max(s.tokens, ctx.recipe.interpret.corpus_tokens)
-    index = capture(model, tok, layer, iter_documents(s.corpus), acts_dir(ctx), max_tokens=tokens, ctx_len=s.ctx_len,
-                    batch_size=s.capture_batch, dtype=s.acts_dtype, source=s.corpus, progress=ctx.progress)
+    # Folders are named by their settings: a killed stage resumes in the same one, changed settings
+    # start a new one (the old is removed).
+    cap = {"model": ctx.recipe.model, "layer": layer, "corpus": s.corpus, "ctx_len": s.ctx_len, "tokens": tokens,
+           "dtype": s.acts_dtype}
+    acts = _fresh(ctx.run.path / "sae" / f"acts-{config_hash(cap)[:8]}")
+    index = _retry_if_stale(lambda: capture(model, tok, layer, iter_documents(s.corpus), acts, max_tokens=tokens,
+                                            ctx_len=s.ctx_len, batch_size=s.capture_batch, dtype=s.acts_dtype,
+                                            source=s.corpus, progress=ctx.progress), acts, "other settings")
     if index["n_tokens"] == 0:
         raise EmkitError(f"the corpus {s.corpus!r} gave no tokens",
                          hint="fetch the offline corpus with `make corpus` (scripts/fetch_corpus.sh), or set "
                          "sae.corpus to a .txt/.jsonl file or folder; `emkit data corpus --stats` shows the sources")
     out = {"layer": layer, "hook": f"blocks.{layer}.hook_resid_post", "corpus": s.corpus,
-           "tokens": index["n_tokens"], "acts": str(acts_dir(ctx))}
+           "tokens": index["n_tokens"], "acts": str(acts)}
     if s.path:
         return {**out, "path": str(Path(s.path).resolve()), "trained": False, "num_latents": sae.num_latents,
                 "k": sae.k, "heldout_fvu": sae.cfg.meta.get("heldout_fvu")}
-    folder = ctx.run.path / "sae" / "sae"
-    res = train_sae(acts_dir(ctx), folder, s.train, corpus=s.corpus, progress=ctx.progress)
+    folder = _fresh(ctx.run.path / "sae" / f"sae-{config_hash({'acts': cap, 'train': s.train})[:8]}")
+    res = _retry_if_stale(lambda: train_sae(acts, folder, s.train, corpus=s.corpus, progress=ctx.progress), folder,
+                          "different training setup")
     sm = res.summary
     return {**out, "path": str(folder), "trained": True, "num_latents": res.sae.num_latents, "k": res.sae.k,
             "heldout_fvu": sm.get("heldout_fvu"), "fvu": sm.get("train_fvu"), "dead_frac": sm.get("dead_frac"),
@@ -220,24 +249,28 @@ def stage_steer(ctx: Context) -> dict[str, Any]:
     screen_rows = causal_screen(ctx.run, base_arm, cands, qs, ctx.judge, r.eval.sampling, layer=layer,
                                 alpha=st.screen_alpha, misaligned=tgt_arm, n_random=1 if st.random_control else 0,
                                 seed=r.seed, **kw)
-    scale = None
-    # per-condition rates for the report (the conditions are stored; these calls read them back)
-    def cond(arm: Arm, d: Any, alpha: float, purpose: str) -> dict:
-        return condition(ctx.run, arm, layer, d, alpha, qs, ctx.judge, r.eval.sampling, purpose=purpose, **kw)
 
+    def cond(arm: Arm, d: Any, alpha: float, purpose: str) -> dict:
+        """A screened condition's stored rates (answers and judgments are read back, not redone)."""
+        return condition(ctx.run, arm, layer, d, alpha, qs, ctx.judge, r.eval.sampling, purpose=purpose,
+                         scale=scale, **kw)
+
+    from emkit.directions import random_direction
+    from emkit.steer import resolve_scale
+
+    scale = resolve_scale(bm, layer, None, bt)  # the screen measures strength on the base model
     u0 = cond(base_arm, cands[0], 0.0, "screen")
     t0 = cond(tgt_arm, cands[0], 0.0, "screen")
-    scale = u0["scale"]
     screen, control = [], {}
-    from emkit.directions import random_direction
-
     for row in screen_rows:
         if row["control"]:
             d = random_direction(cands[0].dim, r.seed, cands[0].norm, layer=layer)
+            if d.digest() != row["digest"]:
+                raise EmkitError("cannot rebuild the screen's random control direction", hint="a bug: please report")
         else:
             d = cands[latents.index(row["latent"])]
-        p = cond(base_arm, d, st.screen_alpha, "control" if row["control"] else "screen")
-        m = cond(tgt_arm, d, -st.screen_alpha, "control" if row["control"] else "screen")
+        purpose = "control" if row["control"] else "screen"
+        p, m = cond(base_arm, d, st.screen_alpha, purpose), cond(tgt_arm, d, -st.screen_alpha, purpose)
         rec = {"latent": row["latent"], "plus": _steer_rate(p), "plus_coherent": _steer_rate(p, "coherent"),
                "minus": _steer_rate(m), "minus_coherent": _steer_rate(m, "coherent"), "effect": row["score"],
                "rank": row["rank"]}
@@ -249,10 +282,10 @@ def stage_steer(ctx: Context) -> dict[str, Any]:
     best = (max(ranked, key=lambda s: s["effect"]) if ranked else screen[0])["latent"]
     d = cands[latents.index(best)]
     mags = sorted({abs(a) for a in st.alphas} | {0.0})
-    plus = sweep(ctx.run, bm, bt, layer, d, mags, qs, ctx.judge, r.eval.sampling, BASE,
+    plus = sweep(ctx.run, bm, bt, layer, d, mags, qs, ctx.judge, r.eval.sampling, BASE, scale=scale,
                  max_incoherence=st.max_incoherence, **kw)
     minus = sweep(ctx.run, tm, tt, layer, d, [-a for a in mags], qs, ctx.judge, r.eval.sampling, target,
-                  max_incoherence=st.max_incoherence, **kw)
+                  scale=scale, max_incoherence=st.max_incoherence, **kw)
     pts = [{"alpha": abs(row["alpha"]), "sign": sign, "model": lab, "misaligned": _steer_rate(row),
             "coherent": _steer_rate(row, "coherent")}
            for sign, lab, res in (("+", BASE, plus), ("-", target, minus)) for row in res["rows"]]

@@ -49,12 +49,8 @@ def rows_hash(rows: Sequence[ChatRow]) -> str:
     return h.hexdigest()[:16]
 
 
-def tokenize_rows(tokenizer, rows: Sequence[ChatRow], max_length: int) -> tuple[list[Example], int]:
-    """Tokenise rows with the assistant mask; return (examples, rows dropped by truncation).
-
-    A dataset with no assistant turn at all, or a row without one, is an error (never a silent
-    drop). Rows whose assistant tokens all fall beyond ``max_length`` are dropped and counted.
-    """
+def check_rows(rows: Sequence[ChatRow]) -> None:
+    """Refuse an empty dataset, one without any assistant turn, and any malformed row."""
     if len(rows) == 0:
         raise EmkitError("no training rows")
     if not any(any(m.get("role") == "assistant" for m in r.messages) for r in rows):
@@ -62,10 +58,20 @@ def tokenize_rows(tokenizer, rows: Sequence[ChatRow], max_length: int) -> tuple[
             "the dataset has no assistant turns, so there is nothing to train on",
             hint="training rows need messages with role 'assistant' (the answers to learn)",
         )
-    out: list[Example] = []
-    dropped = 0
     for i, row in enumerate(rows):
         row.validate(where=f"row {i}")
+
+
+def tokenize_rows(tokenizer, rows: Sequence[ChatRow], max_length: int) -> tuple[list[Example], int]:
+    """Tokenise rows with the assistant mask; return (examples, rows dropped by truncation).
+
+    A dataset with no assistant turn at all, or a row without one, is an error (never a silent
+    drop). Rows whose assistant tokens all fall beyond ``max_length`` are dropped and counted.
+    """
+    check_rows(rows)
+    out: list[Example] = []
+    dropped = 0
+    for row in rows:
         ids, mask = assistant_mask(tokenizer, row.messages, max_length)
         labels = [t if m else IGNORE for t, m in zip(ids, mask, strict=True)]
         ex = Example(ids, labels)

@@ -33,7 +33,7 @@ from emkit.config import config_hash, to_dict
 from emkit.data.schema import ChatRow
 from emkit.errors import EmkitError
 from emkit.run import atomic_write_text, package_versions
-from emkit.train.batches import IGNORE, BatchPlan, collate, rows_hash, tokenize_rows, total_steps
+from emkit.train.batches import IGNORE, BatchPlan, check_rows, collate, rows_hash, tokenize_rows, total_steps
 from emkit.train.callbacks import Callback, StepContext, call_all
 from emkit.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from emkit.train.config import SFTConfig
@@ -118,6 +118,7 @@ def finetune(
     ends the loop after that many steps as if killed (for tests of resumption).
     """
     out = model_dir(run_dir, cfg.name)
+    check_rows(rows)
     chash, dhash = config_hash(cfg), rows_hash(rows)
     prev = read_train_config(out)
     if prev is not None and not overwrite:
