@@ -55,6 +55,7 @@ def save_sae(sae: TopKSAE, folder: str | Path) -> Path:
     os.close(fd)
     try:
         save_file({k: state[k] for k in TENSORS}, tmp, metadata={"format": "pt"})
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; an SAE folder is meant to be shared
         os.replace(tmp, out / WEIGHTS)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -62,6 +63,7 @@ def save_sae(sae: TopKSAE, folder: str | Path) -> Path:
     from emkit.run import atomic_write_text
 
     atomic_write_text(out / CFG, json.dumps(sae_cfg_dict(sae.cfg), indent=2))
+    os.chmod(out / CFG, 0o644)
     return out
 
 
