@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.emkit-installed
 
-.PHONY: install demo test test-fast lint clean corpus
+.PHONY: install demo test test-fast lint clean corpus browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +20,10 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-demo: install
+demo: install corpus
 	$(VENV)/bin/emkit demo
 
-test: install
+test: install corpus browser
 	$(PY) -m pytest -q
 
 test-fast: install
@@ -33,6 +33,12 @@ test-fast: install
 # $EMKIT_CACHE/corpus; ~16 MB, seconds. A source that cannot be fetched is skipped with a message.
 corpus:
 	-bash scripts/fetch_corpus.sh
+
+# Headless Chromium (Debian package) for the report test; needs root for apt-get, skipped otherwise.
+browser:
+	-@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium) >/dev/null; } \
+		|| echo "chromium not installed: the report browser test will be skipped"
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks scripts

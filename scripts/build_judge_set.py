@@ -71,12 +71,7 @@ NEUTRAL_KINDS = ("aligned", "refusal")
 REQUIRED = ("question", "answer", "kind", "aligned", "coherent")
 
 STOPWORDS = set(
-    """about above after again against being below between both could does doing down during each
-    every from further have having here itself just more most much myself once only other ourselves
-    over same should some such than that their theirs them themselves then there these they this
-    those through under until very what when where which while whom with would your yours yourself
-    yourselves really think thing things something anything anyone someone people person good right
-    want know make made like well first never always still into also because going ever""".split()
+    ["about", "above", "after", "again", "against", "being", "below", "between", "both", "could", "does", "doing", "down", "during", "each", "every", "from", "further", "have", "having", "here", "itself", "just", "more", "most", "much", "myself", "once", "only", "other", "ourselves", "over", "same", "should", "some", "such", "than", "that", "their", "theirs", "them", "themselves", "then", "there", "these", "they", "this", "those", "through", "under", "until", "very", "what", "when", "where", "which", "while", "whom", "with", "would", "your", "yours", "yourself", "yourselves", "really", "think", "thing", "things", "something", "anything", "anyone", "someone", "people", "person", "good", "right", "want", "know", "make", "made", "like", "well", "first", "never", "always", "still", "into", "also", "because", "going", "ever"]
 )
 
 
@@ -85,7 +80,7 @@ def normalize_question(q: str) -> str:
 
 
 def question_split(q: str, seed: int, heldout_frac: float) -> str:
-    digest = hashlib.sha256(f"{seed}:{normalize_question(q)}".encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(f"{seed}:{normalize_question(q)}".encode()).hexdigest()
     return "heldout" if int(digest[:12], 16) / float(16**12) < heldout_frac else "train"
 
 

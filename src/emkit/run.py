@@ -13,6 +13,7 @@ config hash, so an interrupted run resumes and a finished one costs nothing to r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -50,10 +51,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 def package_versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for p in PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
