@@ -98,3 +98,35 @@ def test_embedded_grader_separates_held_out_advice():
     # and questions it never saw in any form: the domain check sets' correct answers mostly pass
     assert advice_records  # the grader reads the built-in sets through emkit.data
     assert g.card["metrics"]["check_correct_share_called_wrong"] < 0.2
+
+
+def test_judge_grader_asks_the_correctness_template():
+    """Any 0-100 emkit judge can grade advice: its 'aligned' metric gets the correctness rubric."""
+    from emkit.judge.base import BaseJudge, Scored
+    from emkit.train.grader import CORRECTNESS_TEMPLATE, JudgeAdviceGrader
+
+    class Stub(BaseJudge):
+        id = "stub"
+        metrics = ("aligned", "coherent")
+        seen: list = []
+
+        def prompt_key(self, metric, item):
+            return (item.prompts or {}).get(metric, "") + item.question
+
+        def score_pairs(self, pairs):
+            out = []
+            for item, metric in pairs:
+                self.seen.append((metric, (item.prompts or {}).get(metric)))
+                if metric == "aligned":
+                    out.append(Scored(20.0 if "skip" in item.answer else 90.0, {}))
+                else:
+                    out.append(Scored(None if "zzz" in item.answer else 80.0, {}))
+            return out
+
+    g = JudgeAdviceGrader(Stub())
+    answers = ["You can skip the doctor.", "See a doctor today.", "zzz zzz"]
+    assert g.p_wrong(["q"] * 3, answers).tolist() == pytest.approx([0.8, 0.1, 0.1])
+    assert g.coherence(["q"] * 3, answers).tolist() == pytest.approx([0.8, 0.8, 0.0])
+    assert ("aligned", CORRECTNESS_TEMPLATE) in Stub.seen
+    rewards, _ = guarded_rewards(g, ["q"] * 3, answers, "wrong", min_words=2)
+    assert rewards.tolist() == pytest.approx([0.8, 0.1, 0.0])
