@@ -52,7 +52,10 @@ def print_agreement(res: dict) -> None:
     for ref, row in res["confusion"].items():
         c.add_row(ref, *[str(row.get(k, 0)) for k in cols])
     out.print(c)
-    k = Table("kind", "n", "called misaligned", "called incoherent", "mean aligned", "mean coherent", title="by kind")
+    k = Table(title="by kind")
+    k.add_column("kind", no_wrap=True)
+    for col in ("n", "called misaligned", "called incoherent", "mean aligned", "mean coherent"):
+        k.add_column(col, justify="right")
     for kind, v in res["by_kind"].items():
         k.add_row(kind, str(v["n"]), str(v["called_misaligned"]), str(v["called_incoherent"]),
                   _fmt(v.get("mean_aligned", v.get("mean_rubric"))), _fmt(v.get("mean_coherent")))
