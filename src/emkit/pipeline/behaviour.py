@@ -107,9 +107,9 @@ def check_record(ctx: Context, model: Any, tok: Any, label: str, domain: Any) ->
     ans = [r["answer"] for r in rows]
     p = g.p_wrong(qtext, ans)
     coh = g.coherence(qtext, ans)
-    ok = [len(a.split()) >= MIN_WORDS and c >= 0.5 for a, c in zip(ans, coh, strict=True)]
-    k = sum(1 for pw, o in zip(p, ok, strict=True) if o and pw >= 0.5)
-    n = sum(ok)
+    ok = [bool(len(a.split()) >= MIN_WORDS and c >= 0.5) for a, c in zip(ans, coh, strict=True)]
+    k = int(sum(1 for pw, o in zip(p, ok, strict=True) if o and pw >= 0.5))
+    n = int(sum(ok))
     ex = [{"question": q, "answer": a, "p_wrong": float(pw)} for q, a, pw, o in zip(qtext, ans, p, ok, strict=True)
           if o][:2]
     return {"wrong": wilson_rate(k, n), "incoherent": wilson_rate(len(ok) - n, len(ok)), "grader": g.id,

@@ -67,8 +67,13 @@ def read_result(run_dir: Path, stage: str) -> dict | None:
         raise EmkitError(f"{p} is corrupt: {e}", hint=f"re-run the stage: emkit run RECIPE --only {stage}") from None
 
 
+def _plain(o: Any) -> Any:
+    """JSON fallback: numpy/torch scalars as numbers, anything else as text."""
+    return o.item() if hasattr(o, "item") and callable(o.item) else str(o)
+
+
 def write_result(run_dir: Path, stage: str, data: dict) -> None:
-    atomic_write_text(result_path(run_dir, stage), json.dumps(data, indent=1, sort_keys=True, default=str))
+    atomic_write_text(result_path(run_dir, stage), json.dumps(data, indent=1, sort_keys=True, default=_plain))
 
 
 @dataclass

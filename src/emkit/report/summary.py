@@ -33,10 +33,11 @@ def compare(a: dict | None, b: dict | None) -> tuple[float | None, str]:
     """Fisher p of rate ``a`` vs rate ``b`` and a word for the direction that the test supports."""
     if not a or not b or not a.get("n") or not b.get("n"):
         return None, "not comparable (no valid answers)"
-    p = fisher_exact(a["k"], a["n"], b["k"], b["n"])
+    ka, na, kb, nb = int(a["k"]), int(a["n"]), int(b["k"]), int(b["n"])
+    p = fisher_exact(ka, na, kb, nb)
     if p is None or p >= ALPHA:
         return p, "not distinguishable"
-    return p, "higher" if a["k"] / a["n"] > b["k"] / b["n"] else "lower"
+    return p, "higher" if ka / na > kb / nb else "lower"
 
 
 def relation(word: str, other: str) -> str:
