@@ -83,9 +83,9 @@ def behaviour(res: dict[str, Any]) -> list[str]:
             pc, wc = compare(top.get("misaligned"), ctrl.get("misaligned"))
             pb, wb = compare(ctrl.get("misaligned"), base.get("misaligned"))
             out.append(f"The correct-data control ({ctrl['label']}: same questions, correct answers) gave "
-                       f"{fmt_rate(ctrl.get('misaligned'))} ({relation(wb, 'the base model')}, {fmt_p(pb)}); the "
-                       f"wrong-data model is {relation(wc, 'this control')} ({fmt_p(pc)}), which separates the effect of wrong content from that "
-                       "of fine-tuning itself.")
+                       f"{fmt_rate(ctrl.get('misaligned'))}, {relation(wb, 'the base model')} ({fmt_p(pb)}). The "
+                       f"wrong-data model is {relation(wc, 'this control')} ({fmt_p(pc)}); this comparison separates "
+                       "the effect of wrong content from that of fine-tuning itself.")
         coh = [m.get("coherent", {}).get("value") for m in models.values() if m.get("domain") == dom]
         coh = [c for c in coh if c is not None]
         if coh:
@@ -141,9 +141,11 @@ def latents(res: dict[str, Any]) -> list[str]:
                        f"({wc} from unsteered, {fmt_p(pc)}).")
         usable = st.get("usable") or {}
         if usable:
-            out.append("Usable strength (incoherence ≤ "
-                       f"{100 * st.get('max_incoherence', 0.1):.0f}%): "
-                       + ", ".join(f"{k} {v if v is not None else 'none'}" for k, v in usable.items()) + ".")
+            def side(v: Any) -> str:
+                return f"up to {v:g}" if v is not None else "none of the swept strengths"
+
+            out.append(f"Usable steering strength (incoherence ≤ {100 * st.get('max_incoherence', 0.1):.0f}%): "
+                       f"adding, {side(usable.get('+'))}; subtracting, {side(usable.get('-'))}.")
     pr = res.get("predict") or {}
     if pr.get("points"):
         r = pr.get("correlation")
@@ -156,8 +158,9 @@ def latents(res: dict[str, Any]) -> list[str]:
         es_t = f"{100 * es:.4g}% wrong data" if es is not None else "no fraction"
         eb_t = f"{100 * eb:.4g}%" if eb is not None else "no fraction"
         out.append(f"Prediction across {len(pr['points'])} fine-tunes with latent #{pr.get('latent')}: {rtxt} between "
-                   f"its activation shift and misalignment; {autxt}. The shift first exceeds its noise band at {es_t}; "
-                   f"misalignment first exceeds the base model's at {eb_t}.")
+                   f"its activation shift and misalignment; {autxt}. Against the lowest-fraction model (the "
+                   f"correct-data control), the latent's shift first rises beyond the bootstrap noise band at {es_t}; "
+                   f"misalignment first does at {eb_t}.")
     ra = res.get("realign") or {}
     curve = ra.get("curve") or []
     if len(curve) >= 2:
