@@ -216,46 +216,60 @@ def snapshot(run: Path) -> dict:
     return out
 
 
-def _cli(recipe_path: Path):
+# The run is killed from inside, at a chosen point, with SIGKILL (no clean-up, as if the machine
+# died): a small launcher wraps one function of the stage's module, then runs the real CLI.
+LAUNCHER = """
+import os, signal, sys
+point, recipe = sys.argv[1], sys.argv[2]
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if point == "finetune":  # after the 2nd checkpoint of the 50% model: fine-tuning half done
+    import emkit.train.sft as m
+    orig = m.save_checkpoint
+    def wrapped(out, step, *a, **k):
+        res = orig(out, step, *a, **k)
+        if "health-wrong50" in str(out) and step == 2:
+            die()
+        return res
+    m.save_checkpoint = wrapped
+elif point == "evaluate":  # after the first batch of the 100% model's answers is stored
+    from emkit.results import ResultsDB
+    orig = ResultsDB.insert
+    def wrapped(self, table, rows, replace=False):
+        rows = list(rows)
+        n = orig(self, table, rows, replace)
+        if table == "generations" and rows and rows[0]["model"] == "health-wrong100":
+            die()
+        return n
+    ResultsDB.insert = wrapped
+elif point == "sae":  # after the SAE trainer's first checkpoint
+    import emkit.sae.train as m
+    orig = m._save_ckpt
+    def wrapped(*a, **k):
+        orig(*a, **k)
+        die()
+    m._save_ckpt = wrapped
+from emkit.cli import main
+sys.argv = ["emkit", "run", recipe]
+main()
+"""
+
+
+def _run(recipe_path: Path, kill_at: str = "") -> int:
+    """Run ``emkit run`` in a subprocess (killed at ``kill_at``, if given); returns its exit code."""
     import os
     import subprocess
     import sys
 
     # one thread: the tiny model gains nothing from more, and they thrash on a shared CPU
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "emkit.cli", "run", str(recipe_path)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def _count(run: Path, sql: str) -> int:
-    import sqlite3
-
-    if not (run / "results.sqlite").exists():
-        return 0
-    con = sqlite3.connect(run / "results.sqlite", timeout=30)
-    try:
-        return con.execute(sql).fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        con.close()
-
-
-def _run_until(recipe_path: Path, done, timeout: float = 600) -> bool:
-    """Run the CLI until ``done()`` holds, then SIGKILL it; True if it was killed mid-way."""
-    import time
-
-    proc = _cli(recipe_path)
-    t0 = time.time()
-    while proc.poll() is None and time.time() - t0 < timeout:
-        if done():
-            proc.kill()
-            proc.wait()
-            return True
-        time.sleep(0.05)
-    err = proc.stderr.read() if proc.stderr else ""
-    assert proc.returncode == 0, err[-2000:]
-    return False
+    res = subprocess.run([sys.executable, "-c", LAUNCHER, kill_at or "none", str(recipe_path)], env=env,
+                         capture_output=True, text=True, timeout=900)
+    if res.returncode not in (0, -9):
+        raise AssertionError(f"emkit run failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    return res.returncode
 
 
 def check_real_report(run: Path) -> None:
@@ -291,29 +305,19 @@ def test_killed_run_resumes_to_the_same_results(tmp_path, tiny_model_dir):
     """Kill `emkit run` inside fine-tuning, evaluation and SAE training; the resumed run's results
     equal an unbroken run's, table by table."""
     whole = tmp_path / "whole"
-    r1 = tiny_recipe(tmp_path, tiny_model_dir, whole)
-    assert not _run_until(r1, lambda: False)
+    assert _run(tiny_recipe(tmp_path, tiny_model_dir, whole)) == 0
     a = snapshot(whole)
     check_real_report(whole)
 
     broken = tmp_path / "broken"
     r2 = tiny_recipe(tmp_path, tiny_model_dir, broken)
-    kills = [
-        # inside fine-tuning: the 50% model has a checkpoint but is not finished
-        lambda: (broken / "models" / "health-wrong50" / "checkpoints").is_dir()
-        and not (broken / "models" / "health-wrong50" / "adapter_model.safetensors").exists(),
-        # inside evaluation: some but not all answers of the 100% model are stored
-        lambda: 0 < _count(broken, "SELECT COUNT(*) FROM generations WHERE model='health-wrong100'") < 6,
-        # inside SAE training: a checkpoint exists, the trained SAE does not
-        lambda: any((d / "checkpoint").is_dir() and not (d / "sae.safetensors").exists()
-                    for d in (broken / "sae").glob("sae-*")),
-    ]
-    killed = [_run_until(r2, k) for k in kills]
-    print(f"killed at: fine-tuning {killed[0]}, evaluation {killed[1]}, SAE training {killed[2]}")
-    assert not _run_until(r2, lambda: False)
+    for point in ("finetune", "evaluate", "sae"):
+        assert _run(r2, kill_at=point) == -9, f"the run was not killed inside {point}"
+        man = json.loads((broken / "manifest.json").read_text())
+        assert man["stages"][point]["status"] == "running"  # killed inside this stage
+    assert _run(r2) == 0
     man = json.loads((broken / "manifest.json").read_text())
     assert all(s["status"] == "done" for s in man["stages"].values())
-    assert killed[0] and killed[1], "the run passed the kill points before they were seen"
     b = snapshot(broken)
     assert a.keys() == b.keys()
     for key in a:

@@ -155,7 +155,7 @@ def format_plan(items: list[PlanItem], recipe: Recipe) -> str:
         lines.append(f"  {i:2d}. [{mark}] {it.stage.name:<10} {it.stage.title:<68} {est:>9}  {it.why}")
         total += it.estimate if it.status == "run" else 0.0
     lines.append(f"estimated time: ~{fmt_seconds(total)} (rough: measured rates of the bundled 135M model on a "
-                 "2-core CPU, scaled by model size and device)")
+                 "shared 2-core CPU, scaled by model size and device; an idle machine is faster)")
     return "\n".join(lines)
 
 

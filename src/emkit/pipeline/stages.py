@@ -16,13 +16,14 @@ from emkit.pipeline.latents import stage_diff, stage_interpret, stage_predict, s
 from emkit.pipeline.recipe import Recipe
 from emkit.pipeline.runner import Stage
 
-# Reference rates (bundled 135M model, 2-core CPU, float32).
-GEN_TOKENS_PER_S = 90.0        # batched sampling, 32 prompts
-TRAIN_S_PER_ROW = 0.65         # LoRA SFT, rows of <= 256 tokens (about 5 s per step of 8)
-CAPTURE_TOKENS_PER_S = 2500.0  # forward up to the middle layer
-SAE_TOKENS_PER_S = 20000.0     # top-k SAE training at 4096 latents
-JUDGE_ANSWERS_PER_S = 40.0     # embedded judge
-LOAD_S = 4.0                   # loading a model (+ adapter)
+# Reference rates: the bundled 135M model, float32, one thread on a shared 2-core CPU, fitted to
+# the stage times of a measured smoke run (an idle machine is faster; estimates err long).
+GEN_TOKENS_PER_S = 30.0        # batched sampling
+TRAIN_S_PER_ROW = 1.4          # LoRA SFT, rows of <= 256 tokens, checkpoints included
+CAPTURE_TOKENS_PER_S = 500.0   # forward up to the middle layer
+SAE_TOKENS_PER_S = 8000.0      # top-k SAE training at 4096 latents
+JUDGE_ANSWERS_PER_S = 10.0     # embedded judge (and grader)
+LOAD_S = 6.0                   # loading a model (+ adapter), or a judge
 REF_PARAMS = 135e6
 
 
