@@ -396,6 +396,6 @@ def test_bundled_hostile_direction_steers_the_judges_aligned_score(tmp_path, bun
         print(f"alpha {a:+g}: mean aligned {r['aligned_mean']:.1f}, coherent {r['coherent']}, answers {answers(a)}")
     assert answers(0.0) == [g.text for g in plain]  # alpha 0 (hook in place) reproduces the unsteered answers
     assert answers(BUNDLED_ALPHA) != answers(0.0)
-    # towards hostile lowers the aligned score; away from it does not
-    assert by[BUNDLED_ALPHA]["aligned_mean"] < by[0.0]["aligned_mean"] - 10
-    assert by[-BUNDLED_ALPHA]["aligned_mean"] > by[BUNDLED_ALPHA]["aligned_mean"] + 10
+    # towards hostile lowers the aligned score, away from it raises it: the expected direction
+    # (the size of the move depends on the judge's incoherence gate, so only the order is asserted)
+    assert by[BUNDLED_ALPHA]["aligned_mean"] < by[0.0]["aligned_mean"] < by[-BUNDLED_ALPHA]["aligned_mean"]
