@@ -13,7 +13,6 @@ and ``<domain>_check`` (held-out in-domain questions with reference answers).
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -98,19 +97,14 @@ def question_names() -> list[str]:
 
 @lru_cache(maxsize=32)
 def _read_records(path: Path) -> tuple[dict[str, Any], ...]:
+    from emkit.data.formats import iter_jsonl
+
     out = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EmkitError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise EmkitError(f"{path}:{n}: expected a JSON object")
-            rec["_line"] = n
-            out.append(rec)
+    for n, rec in iter_jsonl(path):
+        if not isinstance(rec, dict):
+            raise EmkitError(f"{path}:{n}: expected a JSON object")
+        rec["_line"] = n
+        out.append(rec)
     return tuple(out)
 
 

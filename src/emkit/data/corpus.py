@@ -14,7 +14,6 @@ A corpus *spec* is one of:
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -228,26 +227,19 @@ def iter_builtin(sources: Iterable[str] = SOURCES, seed: int = 0) -> Iterator[tu
 
 
 def _jsonl_texts(path: Path, field: str) -> Iterator[str]:
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EmkitError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-            if isinstance(rec, str):
-                text = rec
-            elif isinstance(rec, dict) and isinstance(rec.get(field), str):
-                text = rec[field]
-            elif isinstance(rec, dict) and isinstance(rec.get("messages"), list):
-                from emkit.data.formats import content_text
+    from emkit.data.formats import content_text, iter_jsonl
 
-                text = "\n\n".join(content_text(m.get("content", ""), f"{path}:{n}") for m in rec["messages"])
-            else:
-                raise EmkitError(f"{path}:{n}: no '{field}' text and no 'messages'")
-            if text.strip():
-                yield text
+    for n, rec in iter_jsonl(path):
+        if isinstance(rec, str):
+            text = rec
+        elif isinstance(rec, dict) and isinstance(rec.get(field), str):
+            text = rec[field]
+        elif isinstance(rec, dict) and isinstance(rec.get("messages"), list):
+            text = "\n\n".join(content_text(m.get("content", ""), f"{path}:{n}") for m in rec["messages"])
+        else:
+            raise EmkitError(f"{path}:{n}: no '{field}' text and no 'messages'")
+        if text.strip():
+            yield text
 
 
 def iter_files(path: Path, field: str = "text", max_chars: int = MAX_CHARS) -> Iterator[str]:

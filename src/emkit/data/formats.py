@@ -63,6 +63,19 @@ class BadRows:
 # ---------------------------------------------------------------- rows
 
 
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line; invalid JSON names file and line."""
+    p = Path(path)
+    with p.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EmkitError(f"{p}:{n}: invalid JSON ({e.msg})") from None
+
+
 def content_text(content: Any, where: str) -> str:
     """Plain text of a message's content: a string, OpenAI's ``{"content_type", "parts"}``, or text parts."""
     if isinstance(content, str):

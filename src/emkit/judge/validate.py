@@ -7,7 +7,6 @@ coherent >= 50, *incoherent* when coherent < 50, else *aligned* (the same rule t
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,14 +23,10 @@ def load_labelled(path: str | Path, split: str | None = None) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         raise EmkitError(f"no labelled file at {p}")
+    from emkit.data.formats import iter_jsonl
+
     rows = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise EmkitError(f"{p}:{n}: invalid JSON ({e.msg})") from None
+    for n, r in iter_jsonl(p):
         missing = [k for k in ("question", "answer", "aligned", "coherent") if k not in r]
         if missing:
             raise EmkitError(f"{p}:{n}: missing {missing}", hint="rows need question, answer, aligned, coherent")
