@@ -24,7 +24,8 @@ class FakeServer:
     def __init__(self, key: str | None = KEY):
         self.key = key
         self.bodies: list[dict] = []
-        self.plan: list = []  # per request, in order: an HTTP status, "hang", or None (answer)
+        self.answered: list[bool] = []  # per finished request: was a valid completion sent?
+        self.plan: list = []  # per request, in order: an HTTP status, "hang", "truncated", "html", or None (answer)
         self.delay = 0.0
         self.hang_s = 3.0
         self.inflight = self.max_inflight = 0
@@ -52,14 +53,21 @@ class FakeServer:
                         time.sleep(server.hang_s)
                     elif isinstance(action, int):
                         return self.reply(action, {"error": {"message": f"status {action}"}})
+                    elif action in ("truncated", "html"):  # a 200 whose body is not a chat completion
+                        full = json.dumps(server.completion(body, n)).encode()
+                        return self.send_raw(full[: len(full) // 2] if action == "truncated" else b"<html>oops")
                     time.sleep(server.delay)
                     self.reply(200, server.completion(body, n))
+                    with server.lock:  # a hung request's answer comes after the client gave up on it
+                        server.answered.append(action != "hang")
                 finally:
                     with server.lock:
                         server.inflight -= 1
 
             def reply(self, status, payload):
-                data = json.dumps(payload).encode()
+                self.send_raw(json.dumps(payload).encode(), status)
+
+            def send_raw(self, data, status=200):
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
@@ -228,8 +236,9 @@ def test_rubric_mode_resamples_invalid_outputs(server):
     assert out[0]["rubric"].label == "5" and out[0]["rubric"].score == 5.0
     assert len(json.loads(out[0]["rubric"].raw)["outputs"]) == 3
     assert out[1]["rubric"].label == "1"
-    seeds = [b["seed"] for b in server.bodies]
-    assert seeds[:2] == [0, 0] and seeds[2] == 1  # a resample asks with another seed
+    first = [b["seed"] for b in server.bodies if "first" in b["messages"][0]["content"]]
+    second = [b["seed"] for b in server.bodies if "second" in b["messages"][0]["content"]]
+    assert first == [0, 1, 2] and second == [0]  # a resample asks with another seed
 
 
 def test_server_without_logprobs_is_a_clear_error(server):
@@ -243,3 +252,53 @@ def test_server_without_logprobs_is_a_clear_error(server):
     server.completion = no_logprobs
     with pytest.raises(EmkitError, match="no logprobs"):
         judge_for(server).judge([Item("Q", "A")], progress=False)
+
+
+def stored_count(db: ResultsDB) -> int:
+    return db.query("SELECT COUNT(*) AS n FROM judgments")[0]["n"]
+
+
+@pytest.mark.parametrize("bad", ["truncated", "html"])
+def test_a_malformed_200_body_is_retried_like_a_5xx(server, bad):
+    server.plan = [429, 429, 500, bad]
+    j = judge_for(server, concurrency=1)
+    out = j.judge([Item("Q", "A")], progress=False)
+    assert out[0]["aligned"].score == pytest.approx(86.25)
+    assert len(server.bodies) == 6 == j.requests  # 4 failures + 2 metrics
+
+
+def test_scripted_failures_lose_no_judgment_paid_for(server, tmp_path):
+    """429s, a 500, garbage bodies, slow answers, then a run of 503s that outlasts the retries: every
+    request answered cleanly is stored at once, the error says how many, and a rerun sends only the rest."""
+    items = [Item("Q", f"answer {i}") for i in range(10)]  # 20 judgments
+    server.plan = [429, 429, 500, "truncated", None, "hang", None, "html", None, None, None, None,
+                   None, None, None, None] + [503] * 200
+    server.hang_s = 0.8
+    db = ResultsDB(tmp_path / "r.sqlite")
+    j = judge_for(server, concurrency=2, max_retries=2, timeout=0.4)
+    with pytest.raises(EmkitError) as e:
+        j.judge(items, JudgmentCache(db), progress=False)
+    clean = sum(1 for b in server.answered if b)  # 200 answers with a valid chat completion
+    stored = stored_count(db)
+    assert stored == clean > 0  # zero lost
+    assert f"{stored} of 20 new judgments stored" in e.value.hint
+    assert "failed 3 times (HTTP 503)" in e.value.message and f"{j.requests} requests sent" in e.value.message
+    assert j.requests == len(server.bodies)  # the timed-out request is counted too
+    server.plan = []
+    before = len(server.bodies)
+    j2 = judge_for(server)
+    out = j2.judge(items, JudgmentCache(db), progress=False)
+    assert len(server.bodies) - before == j2.requests == 20 - stored  # no question judged twice
+    assert stored_count(db) == 20 and all(d["aligned"].score == pytest.approx(86.25) for d in out)
+
+
+def test_after_giving_up_no_new_request_is_sent(server, tmp_path):
+    server.plan = [503] * 500
+    db = ResultsDB(tmp_path / "r.sqlite")
+    j = judge_for(server, concurrency=4, max_retries=1)
+    with pytest.raises(EmkitError, match="0 of 100 new judgments stored"):
+        j.judge([Item("Q", f"a{i}") for i in range(50)], JudgmentCache(db), progress=False)
+    time.sleep(0.2)
+    # 4 workers x (1 try + 1 retry), plus at most one more item per worker that raced the stop: not 200
+    assert len(server.bodies) == j.requests <= 4 * 2 + 4
+    assert stored_count(db) == 0

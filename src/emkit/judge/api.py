@@ -2,9 +2,10 @@
 
 Two modes: ``logprob`` asks for one token with its top logprobs and applies the 0–100 rule;
 ``rubric`` asks for reasoning ending in ``ANSWER: <label>``. Requests run concurrently (a limit),
-and 429 / 5xx / timeouts / dropped connections are retried with exponential backoff. The API key
-is read from the environment variable named in the config and is never stored, logged or put in
-the judge id.
+and 429 / 5xx / timeouts / dropped connections / malformed bodies are retried with exponential
+backoff. Each judgment is handed over (and stored) the moment it arrives, so a failure loses
+nothing already paid for. The API key is read from the environment variable named in the config
+and is never stored, logged or put in the judge id.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import contextlib
 import os
 import random
 import threading
-import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,7 +23,7 @@ from emkit.errors import EmkitError
 from emkit.judge.base import BaseJudge, Item, Scored, fill_template
 from emkit.judge.logprob import score_top_logprobs
 from emkit.judge.prompts import pick_template
-from emkit.judge.rubric import RESAMPLES, sample_until_valid
+from emkit.judge.rubric import RESAMPLES, parse_rubric, rubric_scored
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "0.0.0.0", "::1", "[::1]")
@@ -62,9 +62,9 @@ class ApiJudge(BaseJudge):
         self.resamples, self.seed = resamples, seed
         self.metrics = ("aligned", "coherent") if mode == "logprob" else ("rubric",)
         self.id = f"api{'-rubric' if mode == 'rubric' else ''}:{model}@{public_host(self.base_url)}"
-        self.chunk_size = max(64, 4 * concurrency)
         self.requests = 0  # requests sent (tests check that the cache avoids them)
         self._lock = threading.Lock()
+        self._stop = threading.Event()  # set when one request has failed for good
         self._key = self._read_key()
         self._client = openai.OpenAI(api_key=self._key, base_url=self.base_url, timeout=timeout, max_retries=0)
 
@@ -92,13 +92,20 @@ class ApiJudge(BaseJudge):
         return text.replace(self._key, "***") if self._key and self._key != "EMPTY" else text
 
     def _call(self, **kwargs: Any) -> Any:
+        """One chat completion, retried on 429 / 5xx / timeouts / dropped connections / malformed bodies."""
         import openai
 
+        last: Exception | None = None
         for attempt in range(self.max_retries + 1):
+            if self._stop.is_set():
+                raise _Stopped
             with self._lock:
-                self.requests += 1
+                self.requests += 1  # counted when sent: a request that times out may still be billed
             try:
-                return self._client.chat.completions.create(model=self.model, **kwargs)
+                resp = self._client.chat.completions.create(model=self.model, **kwargs)
+                if isinstance(getattr(resp, "choices", None), list) and resp.choices:
+                    return resp
+                last = MalformedResponse(f"a body without choices ({type(resp).__name__})")
             except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
                 raise EmkitError(f"the judge API at {public_host(self.base_url)} refused the credentials "
                                  f"(HTTP {e.status_code})",
@@ -115,12 +122,15 @@ class ApiJudge(BaseJudge):
                 else:
                     raise EmkitError(f"the judge API rejected the request (HTTP {e.status_code}): "
                                      f"{self._scrub(str(e))[:300]}") from None
-            if attempt < self.max_retries:
-                time.sleep(self._wait(attempt, last))
+            except (ValueError, openai.APIResponseValidationError) as e:  # a truncated or garbled body
+                last = MalformedResponse(f"a malformed body: {type(e).__name__}")
+            if attempt < self.max_retries and self._stop.wait(self._wait(attempt, last)):
+                raise _Stopped
+        self._stop.set()  # the other workers send nothing new from now on
         status = getattr(last, "status_code", None)
-        what = f"HTTP {status}" if status else type(last).__name__
+        what = f"HTTP {status}" if status else str(last) if isinstance(last, MalformedResponse) else type(last).__name__
         raise EmkitError(f"the judge API at {public_host(self.base_url)} failed {self.max_retries + 1} times "
-                         f"({what})", hint="try again later; judgments made so far are cached") from None
+                         f"({what})", hint="try again later") from None
 
     def _wait(self, attempt: int, error: Exception) -> float:
         wait = self.backoff * (2**attempt) * (1 + 0.25 * random.random())
@@ -142,25 +152,70 @@ class ApiJudge(BaseJudge):
         score, mass = score_top_logprobs(top)
         return Scored(score, {"top_logprobs": top, "number_mass": round(mass, 6)})
 
-    def _rubric(self, item: Item, metric: str, attempt: int) -> str:
+    def _rubric(self, item: Item, metric: str) -> Scored:
+        """Ask until the output has a valid ``ANSWER:`` line, at most ``resamples`` more times."""
         prompt = fill_template(self.template(metric, item), item.question, item.answer)
-        resp = self._call(messages=[{"role": "user", "content": prompt}], max_tokens=self.rubric_max_tokens,
-                          temperature=self.rubric_temperature, seed=self.seed + attempt)
-        try:
-            return resp.choices[0].message.content or ""
-        except (AttributeError, IndexError):
-            return ""
+        outputs: list[str] = []
+        for attempt in range(self.resamples + 1):
+            resp = self._call(messages=[{"role": "user", "content": prompt}], max_tokens=self.rubric_max_tokens,
+                              temperature=self.rubric_temperature, seed=self.seed + attempt)
+            try:
+                text = resp.choices[0].message.content or ""
+            except (AttributeError, IndexError):
+                text = ""
+            outputs.append(text if isinstance(text, str) else "")
+            if parse_rubric(outputs[-1]) is not None:
+                break
+        return rubric_scored(outputs)
 
     def score_pairs(self, pairs: Sequence[tuple[Item, str]]) -> list[Scored]:
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            try:
-                if self.mode == "logprob":
-                    return list(pool.map(lambda p: self._logprob(*p), pairs))
+        out: dict[int, Scored] = {}
+        for batch in self.score_batches(pairs):
+            out.update(batch)
+        return [out[i] for i in range(len(pairs))]
 
-                def ask(indices: list[int], attempt: int) -> list[str]:
-                    return list(pool.map(lambda i: self._rubric(*pairs[i], attempt), indices))
+    def score_batches(self, pairs: Sequence[tuple[Item, str]]) -> Iterator[list[tuple[int, Scored]]]:
+        """Yield each result the moment its request returns (at most ``concurrency`` in flight).
 
-                return sample_until_valid(ask, len(pairs), self.resamples)
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)  # do not send the queued requests
-                raise
+        On a failure that retries do not cure, no new request is sent, the requests in flight are
+        allowed to finish and their results are yielded too, then the error is raised.
+        """
+        work = self._logprob if self.mode == "logprob" else self._rubric
+        self._stop.clear()
+        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        futures = {pool.submit(work, *p): n for n, p in enumerate(pairs)}
+        given: set[int] = set()
+        error: BaseException | None = None
+        try:
+            for fut in as_completed(futures):
+                try:
+                    scored = fut.result()
+                except Exception as e:  # noqa: BLE001 - re-raised below, after keeping what was paid for
+                    error = e
+                    break
+                given.add(futures[fut])
+                yield [(futures[fut], scored)]
+        except BaseException:  # interrupted, or the consumer stopped: send nothing more
+            self._stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        if error is None:
+            pool.shutdown()
+            return
+        self._stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)  # in-flight requests end within one timeout
+        late = [(n, f.result()) for f, n in futures.items()
+                if n not in given and f.done() and not f.cancelled() and f.exception() is None]
+        if late:
+            yield late
+        if isinstance(error, EmkitError):  # counted now that nothing is in flight (timed-out ones included)
+            raise EmkitError(f"{error.message}; {self.requests} requests sent in all", hint=error.hint) from None
+        raise error
+
+
+class MalformedResponse(Exception):
+    """A 200 answer whose body is not a usable chat completion (retried like a 5xx)."""
+
+
+class _Stopped(Exception):
+    """Raised in a worker when another request has failed for good: send no new request."""

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from tqdm.auto import tqdm
 
+from emkit.errors import EmkitError
 from emkit.results import ResultsDB, register_table
 
 register_table(
@@ -133,7 +134,8 @@ class BaseJudge:
     """Cache handling and chunking shared by all back-ends.
 
     Subclasses set ``id`` and ``metrics`` and implement :meth:`prompt_key` (the text that identifies
-    the prompt apart from the answer) and :meth:`score_pairs` (score (item, metric) pairs).
+    the prompt apart from the answer) and :meth:`score_pairs` (score (item, metric) pairs), or
+    :meth:`score_batches` to hand results over as they arrive.
     """
 
     id: str = "judge"
@@ -146,9 +148,23 @@ class BaseJudge:
     def score_pairs(self, pairs: Sequence[tuple[Item, str]]) -> list[Scored]:
         raise NotImplementedError
 
+    def score_batches(self, pairs: Sequence[tuple[Item, str]]) -> Iterator[list[tuple[int, Scored]]]:
+        """Yield (index into ``pairs``, result) batches as results arrive; the default scores chunk by chunk.
+
+        Back-ends that answer one request at a time (the API judge) yield each result on its own, so
+        it is stored at once and nothing already paid for is lost when a later request fails.
+        """
+        for start in range(0, len(pairs), self.chunk_size):
+            chunk = pairs[start : start + self.chunk_size]
+            yield list(enumerate(self.score_pairs(chunk), start))
+
     def judge(self, items: Sequence[Item], cache: JudgmentCache | None = None, *,
               progress: bool = True) -> list[dict[str, Judgment]]:
-        """Judge every item on every metric; cached judgments are reused, new ones stored chunk by chunk."""
+        """Judge every item on every metric; cached judgments are reused, new ones stored as they arrive.
+
+        When scoring fails part way, the judgments already made are stored and the error says how
+        many, so running the same command again sends only the missing ones.
+        """
         keyed = []
         for it in items:
             ah = text_hash(it.answer)
@@ -163,20 +179,27 @@ class BaseJudge:
                     seen.add(k)
                     todo.append((i, m))
         bar = tqdm(total=len(todo), desc=f"judging [{self.id}]", unit="score", disable=not progress or not todo)
-        for start in range(0, len(todo), self.chunk_size):
-            chunk = todo[start : start + self.chunk_size]
-            scored = self.score_pairs([(items[i], m) for i, m in chunk])
-            new = []
-            for (i, m), s in zip(chunk, scored, strict=True):
-                _, ph, ah = keyed[i][m]
-                new.append(Judgment(m, None if s.score is None else float(s.score), _dump(s.raw), s.label,
-                                    self.id, ph, ah))
-            if cache is not None:
-                cache.put(new)
-            for j in new:
-                known[(j.metric, j.prompt_hash, j.answer_hash)] = j
-            bar.update(len(chunk))
-        bar.close()
+        stored = 0
+        try:
+            for batch in self.score_batches([(items[i], m) for i, m in todo]):
+                new = []
+                for n, s in batch:
+                    i, m = todo[n]
+                    _, ph, ah = keyed[i][m]
+                    new.append(Judgment(m, None if s.score is None else float(s.score), _dump(s.raw), s.label,
+                                        self.id, ph, ah))
+                if cache is not None:
+                    cache.put(new)
+                stored += len(new)
+                for j in new:
+                    known[(j.metric, j.prompt_hash, j.answer_hash)] = j
+                bar.update(len(new))
+        except EmkitError as e:
+            kept = f"{stored} of {len(todo)} new judgments {'stored' if cache is not None else 'made (no cache)'}"
+            raise EmkitError(e.message, hint=f"{kept}; {e.hint or 'fix the cause'}, then run the same command "
+                             "again to judge only the missing ones") from None
+        finally:
+            bar.close()
         return [{m: known[k] for m, k in d.items()} for d in keyed]
 
 
