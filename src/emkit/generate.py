@@ -6,7 +6,9 @@ deterministic on a CPU under a fixed seed. With ``item_seeds`` each answer is in
 its own random stream (Gumbel-max on the tempered, top-p-filtered logits), so it does not depend on
 which other prompts share its batch: :func:`answer_questions` uses this, and an interrupted run that
 resumes gives the same answers as an unbroken one. ``on_batch`` lets a caller store results as they
-come (the run folder commits each batch, so an interrupted generation resumes).
+come (the run folder commits each batch, so an interrupted generation resumes). Two back-ends:
+``hf`` (a Hugging Face model in this process; the only one steering and activation hooks can use)
+and ``server`` (:mod:`emkit.generate_server`, any OpenAI-compatible endpoint such as vLLM).
 """
 
 from __future__ import annotations
@@ -105,12 +107,17 @@ def generate(
     """Sample one answer per prompt. A prompt is a user string or a list of chat messages.
 
     ``item_seeds`` (one per prompt) makes each answer independent of batching (see the module doc).
+    ``model`` may be a :class:`emkit.generate_server.ServerModel` (``tokenizer`` unused): the
+    prompts then go to its OpenAI-compatible server, each answer reaching ``on_batch`` as it arrives.
     """
     cfg = cfg or SamplingConfig()
     if len(prompts) == 0:
         raise EmkitError("no prompts to generate from")
     if item_seeds is not None and len(item_seeds) != len(prompts):
         raise EmkitError("item_seeds needs one seed per prompt")
+    if getattr(model, "backend", "hf") == "server":  # emkit.generate_server.ServerModel: ask the server
+        return model.answer(prompts, cfg, system=system, progress=progress, on_batch=on_batch, desc=desc,
+                            item_seeds=item_seeds)
     texts = [render_prompt(tokenizer, p, system) for p in prompts]
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
@@ -190,7 +197,8 @@ def answer_questions(
     same (label, sampling config, ``tag``) are kept and not sampled again, so this resumes.
     ``tag`` distinguishes conditions sharing a label and sampling config (e.g. a steering setting).
     Returns the rows of the requested questions and samples (not other answers stored under the
-    same condition).
+    same condition). ``model`` may be a :class:`emkit.generate_server.ServerModel`: the keys and
+    sampling hash are the same for both back-ends, so a run can switch back-end and resume.
     """
     from emkit.config import config_hash
 
@@ -228,6 +236,7 @@ def answer_questions(
                                  truncated=int(g.truncated)))
             run.db.insert("generations", rows)
 
+        _record_backend(run, label, model)
         generate(model, tokenizer, prompts, cfg, progress=progress, on_batch=store, desc=f"answers [{label}]",
                  item_seeds=seeds)
     rows = run.db.query(
@@ -235,6 +244,18 @@ def answer_questions(
         (label, shash),
     )
     return [r for r in rows if (r["question_id"], r["paraphrase"], r["sample"]) in wanted]
+
+
+def _record_backend(run, label: str, model) -> None:
+    """Note in the run manifest which back-end answered for ``label`` (provenance; keys stay the same)."""
+    manifest = getattr(run, "manifest", None)
+    if manifest is None or not hasattr(run, "save_manifest"):
+        return
+    who = model.id if getattr(model, "backend", "hf") == "server" else "hf"
+    seen = manifest.setdefault("generation_backends", {})
+    if seen.get(label) != who:
+        seen[label] = who
+        run.save_manifest()
 
 
 def build_prompt(question, text: str) -> list[Message]:

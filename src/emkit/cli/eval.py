@@ -56,16 +56,26 @@ def register(app: typer.Typer) -> None:
 
     @app.command("eval")
     def eval_cmd(
-        model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Folder, Hub id or bundled name."),
+        model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
+                                  help="Folder, Hub id or bundled name; with --backend server, the served name."),
         questions: str = typer.Option("broad", "--questions", "-q", help="Question file or built-in name."),
         judge: str = typer.Option("embedded", "--judge", "-j", help=JUDGE_HELP),
+        backend: str = typer.Option("hf", "--backend",
+                                    help="hf (the model in this process) or server (an OpenAI-compatible server "
+                                    "such as vLLM at --base-url)."),
+        judge_base_url: str = typer.Option(None, "--judge-base-url",
+                                           help="Base URL of an API judge (default: --base-url with --backend hf, "
+                                           "else env OPENAI_BASE_URL)."),
+        server_concurrency: int = typer.Option(32, help="Concurrent requests to the generation server."),
         samples: int = typer.Option(None, "--samples", "-n",
                                     help="Answers per paraphrase (default: the file's samples_per_paraphrase)."),
         out_dir: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Run folder to write into."),
         label: str = typer.Option("", help="Name stored with the answers (default: the model spec)."),
         base_label: str = typer.Option(None, help="A label evaluated before in this run: test against it."),
         adapter: str = typer.Option(None, help="PEFT adapter folder to load on the model."),
-        base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible base URL (env OPENAI_BASE_URL)."),
+        base_url: str = typer.Option(None, "--base-url",
+                                     help="OpenAI-compatible base URL: the generation server with --backend server, "
+                                     "else the API judge's (env OPENAI_BASE_URL)."),
         api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
         templates: Path = typer.Option(None, help="YAML/JSON file of judge templates (aligned, coherent, rubric)."),
         concurrency: int = typer.Option(8, help="Concurrent API requests."),
@@ -82,6 +92,8 @@ def register(app: typer.Typer) -> None:
         """Answer questions, judge the answers, and print misalignment per question and overall with 95% CIs.
 
         Example: emkit eval --model smollm2-135m-instruct --questions broad --judge embedded --samples 2 --out runs/ev
+
+        Through vLLM: emkit eval --backend server --base-url http://localhost:8000/v1 --model base --out runs/ev
         """
         from emkit.cli.generate import sampling_options
         from emkit.cli.judge import judge_options
@@ -95,8 +107,23 @@ def register(app: typer.Typer) -> None:
             raise EmkitError(f"--samples must be at least 1, got {samples}")
         qs = load_questions(questions)
         cfg = sampling_options(temperature, top_p, max_new_tokens, batch_size, seed)
-        j = judge_options(judge, base_url, api_key_env, templates, concurrency, timeout, device)
-        m, tok = load_model(model, adapter=adapter, device=device, dtype=dtype)
+        if backend not in ("hf", "server"):
+            raise EmkitError(f"--backend {backend!r} is not hf or server")
+        server = backend == "server"
+        if server and not base_url:
+            raise EmkitError("--backend server needs --base-url", hint="e.g. --base-url http://localhost:8000/v1")
+        if server and adapter:
+            raise EmkitError("--adapter loads weights in this process; a server serves adapters by name",
+                             hint="serve it (vllm --lora-modules NAME=PATH; see emkit serve-args) and pass --model NAME")
+        j = judge_options(judge, judge_base_url or (None if server else base_url), api_key_env, templates, concurrency,
+                          timeout, device)
+        if server:
+            from emkit.generate_server import ServerModel
+
+            m, tok = ServerModel(base_url, model, concurrency=server_concurrency), None
+            out.print(f"generating through {m!r}")
+        else:
+            m, tok = load_model(model, adapter=adapter, device=device, dtype=dtype)
         run = Run(out_dir)
         run.record_seed("eval", seed)
         res = evaluate(run, m, tok, qs, j, cfg, label=label or model, samples=samples, cache=cache,
