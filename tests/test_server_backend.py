@@ -231,3 +231,72 @@ def test_emkit_eval_backend_server(server, tmp_path):
     bad = CliRunner().invoke(app, ["eval", "--backend", "server", "--model", "base", "--questions", str(qfile),
                                    "--out", str(out)])
     assert bad.exit_code != 0 and "--base-url" in str(bad.exception or bad.output)
+
+
+# ---------------------------------------------------------------------------------------------- emkit run
+def pipeline_recipe(tmp_path: Path, model_dir: Path, out: Path, server_url: str | None) -> Path:
+    """Baseline, fine-tunes, their evaluation and the report on the tiny model (answers via the server or hf)."""
+    recipe = {
+        "name": out.name, "model": str(model_dir), "out": str(out), "device": "cpu", "seed": 1,
+        "data": {"domains": [{"name": "health", "wrong": "health_incorrect_subtle", "right": "health_correct",
+                              "check": "health_check"}], "fractions": [0.0, 1.0], "rows": 8},
+        "train": {"lora": {"r": 4, "alpha": 8}, "max_steps": 2, "batch_size": 4, "lr": 0.001, "save_every": 0,
+                  "max_length": 96},
+        "eval": {"n_questions": 3, "samples": 2, "check_questions": 2, "examples": 1,
+                 "sampling": {"temperature": 1.0, "max_new_tokens": 12, "batch_size": 4}},
+        "skip": ["sae", "diff", "interpret", "steer", "predict", "realign"],
+    }
+    if server_url:
+        recipe["eval"].update(backend="server", base_url=server_url, server_concurrency=3)
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def same_shape(a, b, where: str = "") -> None:
+    """Assert that two stage results have the same structure (keys, nesting), whatever the values."""
+    if isinstance(a, dict) or isinstance(b, dict):
+        assert isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            same_shape(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list) or isinstance(b, list):
+        assert isinstance(a, list) and isinstance(b, list), where
+        if a and b:
+            same_shape(a[0], b[0], f"{where}[0]")
+
+
+def test_emkit_run_with_server_backend(tmp_path, tiny_model_dir):
+    """`emkit run` with eval.backend: server stores the answers, resumes after a failure without asking
+    twice, and writes stage results and a report shaped like the hf back-end's."""
+    import re
+
+    from emkit.cli import app
+    from emkit.pipeline.runner import read_result
+
+    hf = tmp_path / "hf"
+    res = CliRunner().invoke(app, ["run", str(pipeline_recipe(tmp_path, tiny_model_dir, hf, None))])
+    assert res.exit_code == 0, res.output
+    with FakeServer(models=("base", "health-wrong0", "health-wrong100")) as s:
+        srv = tmp_path / "srv"
+        recipe = pipeline_recipe(tmp_path, tiny_model_dir, srv, s.url)
+        s.plan = [None] * 9 + [400]  # the 10th request (inside a fine-tune's evaluation) is refused
+        res = CliRunner().invoke(app, ["run", str(recipe)])
+        assert res.exit_code != 0 and "HTTP 400" in str(res.exception)
+        res = CliRunner().invoke(app, ["run", str(recipe)])
+        assert res.exit_code == 0, res.output
+        run = Run(srv)
+        n_answers = run.db.query("SELECT COUNT(*) AS n FROM generations")[0]["n"]
+        assert n_answers == Run(hf).db.query("SELECT COUNT(*) AS n FROM generations")[0]["n"] > 0
+        assert len(s.ok()) == n_answers  # every answer received exactly once
+        assert {e["model"] for e in s.ok()} == {"base", "health-wrong0", "health-wrong100"}
+        n = len(s.log)
+        res = CliRunner().invoke(app, ["run", str(recipe)])
+        assert res.exit_code == 0 and len(s.log) == n  # a finished run asks for nothing
+    for stage in ("baseline", "finetune", "evaluate"):
+        same_shape(read_result(srv, stage), read_result(hf, stage), stage)
+    assert "server at 127.0.0.1" in read_result(srv, "baseline")["settings"]["generation back-end"]
+    sections = [re.findall(r'<section id="([^"]+)"', (d / "report" / "index.html").read_text()) for d in (hf, srv)]
+    assert sections[0] == sections[1] and sections[0]
+    hf_rows = Run(hf).db.query("SELECT model, question_id, paraphrase, sample, sampling_hash FROM generations")
+    srv_rows = run.db.query("SELECT model, question_id, paraphrase, sample, sampling_hash FROM generations")
+    assert sorted(map(repr, hf_rows)) == sorted(map(repr, srv_rows))  # same keys and sampling hashes

@@ -116,8 +116,18 @@ def check_record(ctx: Context, model: Any, tok: Any, label: str, domain: Any) ->
             "examples": ex}
 
 
+def answerer(ctx: Context, label: str) -> tuple[Any, Any]:
+    """What answers for ``label``: ``(model, tokenizer)`` in this process, or its name on the eval server."""
+    e = ctx.recipe.eval
+    if e.backend != "server":
+        return ctx.load(label)
+    from emkit.generate_server import ServerModel
+
+    return ServerModel(e.base_url, e.served_base if label == BASE else label, concurrency=e.server_concurrency), None
+
+
 def evaluate_model(ctx: Context, label: str, domains: list) -> dict[str, Any]:
-    model, tok = ctx.load(label)
+    model, tok = answerer(ctx, label)
     qs = ctx.eval_questions()
     res = judged_answers(ctx, model, tok, label, qs, ctx.recipe.eval.samples,
                          base_label=None if label == BASE else BASE)
@@ -137,7 +147,17 @@ def eval_settings(ctx: Context) -> dict[str, Any]:
             "questions used": len(ctx.eval_questions()), "samples per paraphrase": r.eval.samples,
             "sampling": f"temperature {s.temperature}, top_p {s.top_p}, max {s.max_new_tokens} new tokens, seed {s.seed}",
             "why these sampling settings": r.eval.sampling_note or "(not recorded in the recipe)",
-            "in-domain grader": r.eval.grader}
+            "in-domain grader": r.eval.grader, "generation back-end": backend_note(r.eval)}
+
+
+def backend_note(e: Any) -> str:
+    """Which back-end sampled the evaluation answers (steering and re-alignment always run in-process)."""
+    if e.backend != "server":
+        return "hf (in this process)"
+    from emkit.generate_server import public_host
+
+    return (f"server at {public_host(e.base_url)} (base model as {e.served_base!r}, fine-tunes by label); "
+            "steering and re-alignment curves use hf")
 
 
 # ---------------------------------------------------------------------------------------------- stages

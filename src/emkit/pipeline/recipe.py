@@ -66,6 +66,10 @@ class EvalSpec:
     ``sampling_note`` records why these sampling settings suit the model (measured coherence).
     In-domain check: ``check_questions`` of each domain's check set, ``check_samples`` each, graded by
     ``grader`` (correct vs incorrect advice). ``examples``: answers shown per model in the report.
+    ``backend``: ``hf`` samples in this process; ``server`` asks the OpenAI-compatible server at
+    ``base_url`` (e.g. vLLM), which serves the base model as ``served_base`` and each fine-tune under
+    its label (``emkit serve-args RUN`` prints the command). Steering and re-alignment curves need
+    the weights in-process and always use ``hf``.
     """
 
     questions: str = "broad"
@@ -79,6 +83,10 @@ class EvalSpec:
     check_samples: int = 1
     grader: str = "embedded"
     examples: int = 3
+    backend: Literal["hf", "server"] = "hf"
+    base_url: str = ""
+    served_base: str = "base"
+    server_concurrency: int = 32
 
 
 @dataclass
@@ -253,6 +261,15 @@ def validate(r: Recipe) -> None:
         v = getattr(r.eval, key)
         if v is not None and v < 1:
             raise EmkitError(f"eval.{key} must be >= 1 (or left out for all)")
+    if r.eval.backend == "server":
+        from emkit.generate_server import check_base_url
+
+        if not r.eval.base_url:
+            raise EmkitError("eval.backend is server but eval.base_url is empty",
+                             hint="e.g. base_url: http://localhost:8000/v1 (see emkit serve-args RUN)")
+        check_base_url(r.eval.base_url)
+        if r.eval.server_concurrency < 1 or not r.eval.served_base:
+            raise EmkitError("eval.server_concurrency must be >= 1 and eval.served_base not empty")
     unknown = [s for s in r.skip if s not in STAGE_NAMES]
     if unknown:
         raise EmkitError(f"skip: unknown stage(s) {unknown}", hint=f"stages: {', '.join(STAGE_NAMES)}")
