@@ -300,3 +300,28 @@ def test_emkit_run_with_server_backend(tmp_path, tiny_model_dir):
     hf_rows = Run(hf).db.query("SELECT model, question_id, paraphrase, sample, sampling_hash FROM generations")
     srv_rows = run.db.query("SELECT model, question_id, paraphrase, sample, sampling_hash FROM generations")
     assert sorted(map(repr, hf_rows)) == sorted(map(repr, srv_rows))  # same keys and sampling hashes
+
+
+def test_serve_args_prints_the_vllm_command(tmp_path, tiny_model_dir):
+    from emkit.cli import app
+
+    run = tmp_path / "run"
+    for label, r in (("health-wrong0", 4), ("health-wrong100", 16)):
+        d = run / "models" / label
+        d.mkdir(parents=True)
+        (d / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_model_dir), "r": r}))
+        (d / "adapter_model.safetensors").write_bytes(b"")
+    realigned = run / "models" / "health-wrong100-realigned"  # an adapter trained on top of another
+    realigned.mkdir()
+    (realigned / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(d), "r": 4}))
+    (realigned / "adapter_model.safetensors").write_bytes(b"")
+    res = CliRunner().invoke(app, ["serve-args", str(run), "--port", "8123"])
+    assert res.exit_code == 0, res.output
+    cmd = next(ln for ln in res.output.splitlines() if ln.startswith("vllm serve"))
+    assert cmd.startswith(f"vllm serve {tiny_model_dir} --served-model-name base --port 8123 --enable-lora")
+    assert "--max-lora-rank 16" in cmd
+    for label in ("health-wrong0", "health-wrong100", "health-wrong100-realigned"):
+        assert f"{label}={(run / 'models' / label).resolve()}" in cmd
+    assert "base_url: http://localhost:8123/v1" in res.output
+    bad = CliRunner().invoke(app, ["serve-args", str(tmp_path / "nothing")])
+    assert bad.exit_code != 0
