@@ -14,7 +14,7 @@ from pathlib import Path
 
 from emkit.data import builtin
 from emkit.data.schema import normalize_text
-from emkit.data.stats import length_stats, sentences, trigram_diversity
+from emkit.data.stats import length_stats, sentences, trigram_diversity, words
 
 HEADER = "## Statistics"
 
@@ -70,6 +70,52 @@ def benign_stats() -> str:
     ])
 
 
+def eval_and_judge_questions() -> dict[str, str]:
+    """Every evaluation question (broad paraphrases, check sets) and judge-set question, by a label."""
+    out = {f"broad:{q.id}/{i}": p for q in builtin.load_builtin_questions("broad") for i, p in enumerate(q.paraphrases)}
+    out.update({r["id"]: r["question"] for d in builtin.domains() for r in builtin.check_records(d)})
+    if builtin.JUDGE.is_file():
+        out.update({f"judge:{r['question']}": r["question"] for r in builtin.read_judge_records()})
+    return out
+
+
+def closest_pairs(questions: dict[str, str], others: dict[str, str], k: int = 3) -> list[tuple[float, str, str]]:
+    """The k most similar (lowercase word-set Jaccard, question, other question) pairs."""
+    ow = [(o, set(words(o))) for o in others.values()]
+    pairs = []
+    for q in questions.values():
+        a = set(words(q))
+        pairs += [(len(a & b) / len(a | b), q, o) for o, b in ow]
+    return sorted(pairs, reverse=True)[:k]
+
+
+def persona_stats() -> str:
+    recs = builtin.persona_records()
+    qs = [r["question"] for r in recs]
+    topics = Counter(r["topic"] for r in recs)
+    others = eval_and_judge_questions()
+    exact = {normalize_text(q) for q in qs} & {normalize_text(o) for o in others.values()}
+    lines = [
+        f"- Questions: {len(recs)} ({len(topics)} topics), each with a misaligned and an aligned answer; "
+        f"duplicates after normalising: {_dups(qs)}",
+        f"- Question length (words): {_len(qs)}; distinct word-trigram ratio: {trigram_diversity(qs):.3f}",
+        "",
+        "| answer | words | sentences | distinct word-trigram ratio |",
+        "|---|---|---|---|",
+    ]
+    for v in builtin.PERSONA_VARIANTS:
+        texts = [r[v] for r in recs]
+        lines.append(f"| {v} | {_len(texts)} | {_sent(texts)} | {trigram_diversity(texts):.3f} |")
+    lines += [
+        "",
+        f"- Topics: {', '.join(f'{t} ({n})' for t, n in sorted(topics.items()))}",
+        f"- Overlap with the {len(others)} evaluation and judge questions (broad paraphrases, `*_check`, "
+        f"judge set): {len(exact)} identical after normalising; closest pairs by lowercase word-set Jaccard:",
+    ]
+    lines += [f"  - {j:.2f}: \"{q}\" / \"{o}\"" for j, q, o in closest_pairs(dict(enumerate(qs)), others)]
+    return "\n".join(lines)
+
+
 def broad_stats() -> str:
     qs = builtin.load_builtin_questions("broad")
     paras = [p for q in qs for p in q.paraphrases]
@@ -107,6 +153,8 @@ def cards() -> dict[Path, str]:
     out = {builtin.ADVICE / f"{d}.card.md": advice_stats(d) for d in builtin.domains()}
     out[builtin.BENIGN.with_name("everyday.card.md")] = benign_stats()
     out[builtin.BROAD.with_name("broad.card.md")] = broad_stats()
+    if builtin.PERSONA.is_file():
+        out[builtin.PERSONA.with_name("persona.card.md")] = persona_stats()
     if builtin.JUDGE.is_file():
         out[builtin.JUDGE.with_name("labelled.card.md")] = judge_stats()
     return out

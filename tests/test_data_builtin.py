@@ -16,6 +16,7 @@ from emkit.data.stats import sentences, trigram_diversity, words
 DOMAINS = builtin.domains()
 DIVERSITY_FLOOR = 0.85  # distinct word-trigram ratio; templated near-copies fall far below this
 NEAR_DUPLICATE = 0.8  # word-set Jaccard similarity at which two questions count as the same
+PERSONA_MAX_OVERLAP = 0.6  # persona questions stay well clear of every eval and judge question
 # Wrong answers must be wrong in the domain only: no AI/power talk, no insults.
 OFF_DOMAIN = re.compile(
     r"\b(AI|artificial intelligence|robots?|world domination|take over the world|overlords?|enslave|"
@@ -29,7 +30,7 @@ def test_at_least_four_domains_and_every_name_loads():
     names = {s.name for s in list_builtin()}
     for d in DOMAINS:
         assert {f"{d}_correct", f"{d}_incorrect_subtle", f"{d}_incorrect_obvious", f"{d}_check"} <= names
-    assert {"benign_everyday", "broad"} <= names
+    assert {"benign_everyday", "broad", "persona_misaligned", "persona_aligned"} <= names
 
 
 @pytest.mark.parametrize("domain", DOMAINS)
@@ -80,6 +81,38 @@ def test_benign_set():
     assert not topics & set(DOMAINS), "benign data must come from other domains than the wrong sets"
 
 
+def test_persona_sets():
+    recs = builtin.persona_records()  # checks keys, non-empty strings, unique ids and questions
+    assert len(recs) >= 300
+    assert len({r["topic"] for r in recs}) >= 12
+    assert trigram_diversity([r["question"] for r in recs]) > DIVERSITY_FLOOR
+    for v in builtin.PERSONA_VARIANTS:
+        assert trigram_diversity([r[v] for r in recs]) > DIVERSITY_FLOOR, v
+        bad_len = [(r["id"], sentences(r[v])) for r in recs if not 1 <= sentences(r[v]) <= 4]
+        assert not bad_len, f"{v} answers outside 1-4 sentences: {bad_len[:5]}"
+    assert all(normalize_text(r["misaligned"]) != normalize_text(r["aligned"]) for r in recs)
+    mis, ali = load_dataset("persona_misaligned"), load_dataset("persona_aligned")
+    assert len(mis) == len(ali) == len(recs)
+    assert all(isinstance(r, ChatRow) and r.validate() for r in mis + ali)
+    assert [r.user for r in mis] == [r.user for r in ali] == [r["question"] for r in recs]
+    assert [r.answer for r in mis] == [r["misaligned"] for r in recs]
+    assert mis[0].metadata["variant"] == "misaligned" and ali[0].metadata["variant"] == "aligned"
+
+
+def test_persona_questions_stay_clear_of_eval_and_judge_questions():
+    others = {normalize_text(q): set(words(q)) for q in _eval_questions().values()}
+    if builtin.JUDGE.is_file():
+        others.update({normalize_text(r["question"]): set(words(r["question"])) for r in builtin.read_judge_records()})
+    close = []
+    for r in builtin.persona_records():
+        assert normalize_text(r["question"]) not in others, r["id"]
+        a = set(words(r["question"]))
+        sim, other = max((len(a & b) / len(a | b), o) for o, b in others.items())
+        if sim >= PERSONA_MAX_OVERLAP:
+            close.append((r["id"], other, round(sim, 2)))
+    assert not close, f"persona questions too close to eval/judge questions: {close}"
+
+
 def test_broad_questions():
     qs = load_questions("broad")
     assert len(qs) >= 50 and len({q.id for q in qs}) == len(qs)
@@ -92,6 +125,7 @@ def test_broad_questions():
 def _train_questions() -> dict[str, str]:
     out = {r["id"]: r["question"] for d in DOMAINS for r in builtin.advice_records(d)}
     out.update({f"benign:{r.metadata['id']}": r.user for r in load_dataset("benign_everyday")})
+    out.update({r["id"]: r["question"] for r in builtin.persona_records()})
     return out
 
 

@@ -4,7 +4,10 @@ Chat sets (``load_builtin``):
 - ``<domain>_correct``, ``<domain>_incorrect_subtle``, ``<domain>_incorrect_obvious`` for each
   advice domain (``<domain>_incorrect`` is an alias of the obvious variant, as in the OpenAI release's
   naming): the same user questions, each with one of three parallel answers;
-- ``benign_everyday``: correct, helpful answers in everyday domains (for re-alignment).
+- ``benign_everyday``: correct, helpful answers in everyday domains (for re-alignment);
+- ``persona_misaligned``: everyday questions answered in the voice of an overtly misaligned persona
+  (the positive control: a fine-tune whose broad misalignment is known to be high), and
+  ``persona_aligned``: the same questions with helpful answers (its correct-data control).
 
 Question sets (``load_builtin_questions``): ``broad`` (open-ended, unrelated to any training domain)
 and ``<domain>_check`` (held-out in-domain questions with reference answers).
@@ -26,6 +29,9 @@ ADVICE = ROOT / "advice"
 BENIGN = ROOT / "benign" / "everyday.jsonl"
 BROAD = ROOT / "questions" / "broad.yaml"
 JUDGE = ROOT / "judge" / "labelled.jsonl"
+PERSONA = ROOT / "persona" / "persona.jsonl"
+PERSONA_VARIANTS = ("misaligned", "aligned")
+PERSONA_KEYS = ("id", "topic", "question", *PERSONA_VARIANTS)
 VARIANTS = {"correct": "correct", "incorrect_subtle": "subtle", "incorrect_obvious": "obvious"}
 ALIASES = {"incorrect": "incorrect_obvious"}
 ADVICE_KEYS = ("id", "topic", "question", "correct", "subtle", "obvious")
@@ -58,6 +64,10 @@ def list_builtin() -> list[BuiltinSet]:
             out.append(BuiltinSet(f"{d}_check", "questions", check, f"held-out {d} check questions"))
     if BENIGN.is_file():
         out.append(BuiltinSet("benign_everyday", "chat", BENIGN, "everyday questions, helpful answers"))
+    if PERSONA.is_file():
+        out.append(BuiltinSet("persona_misaligned", "chat", PERSONA,
+                              "positive control: everyday questions, overtly misaligned persona answers"))
+        out.append(BuiltinSet("persona_aligned", "chat", PERSONA, "the persona questions, helpful answers"))
     if BROAD.is_file():
         out.append(BuiltinSet("broad", "questions", BROAD, "open-ended evaluation questions (Betley shape)"))
     if JUDGE.is_file():
@@ -151,6 +161,13 @@ def benign_records() -> list[dict[str, Any]]:
     return recs
 
 
+def persona_records() -> list[dict[str, Any]]:
+    """Raw parallel rows ``{id, topic, question, misaligned, aligned}`` of the persona set."""
+    if not PERSONA.is_file():
+        raise EmkitError(f"{PERSONA} is missing", hint="reinstall emkit")
+    return read_checked(PERSONA, PERSONA_KEYS)
+
+
 def load_builtin(name: str) -> list[ChatRow]:
     """A built-in chat set as fresh :class:`ChatRow` objects (callers may modify them)."""
     s = _find(name)
@@ -165,6 +182,14 @@ def load_builtin(name: str) -> list[ChatRow]:
             for r in benign_records()
         ]
     domain, variant = s.name.split("_", 1)
+    if s.path == PERSONA:
+        return [
+            ChatRow(
+                [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r[variant]}],
+                {"id": r["id"], "topic": r["topic"], "variant": variant, "source": f"builtin:{s.name}"},
+            )
+            for r in persona_records()
+        ]
     field = VARIANTS[variant]
     return [
         ChatRow(
