@@ -56,6 +56,20 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A run's ``manifest.json`` ({} when absent); a corrupt one is a one-line error naming it."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except json.JSONDecodeError as e:
+        raise EmkitError(f"{path} is corrupt ({e.msg} at line {e.lineno})",
+                         hint="move it away to start afresh; finished stages then run again") from None
+    if not isinstance(data, dict):
+        raise EmkitError(f"{path} is corrupt (not a JSON object)", hint="move it away to start afresh")
+    return data
+
+
 class Run:
     """A run folder. Creating one on an existing folder reopens it (resume)."""
 
@@ -92,12 +106,7 @@ class Run:
         return p
 
     def _read_manifest(self) -> dict[str, Any]:
-        if not self.manifest_path.exists():
-            return {}
-        try:
-            return json.loads(self.manifest_path.read_text())
-        except json.JSONDecodeError as e:
-            raise EmkitError(f"{self.manifest_path} is corrupt: {e}", hint="move it away to start afresh") from None
+        return read_manifest(self.manifest_path)
 
     def save_manifest(self) -> None:
         atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2, sort_keys=True))

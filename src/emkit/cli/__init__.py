@@ -1,7 +1,9 @@
 """The ``emkit`` command line: one sub-command (group) per stage, discovered from this package.
 
 Each module here defines ``register(app)``. Errors print as one line (what was wrong, what to do)
-and exit non-zero; ``--debug`` shows the traceback instead.
+and exit with code 2; ``--debug`` shows the traceback instead. Text that comes from users, data
+files or models is printed with Rich markup off (:func:`plain`, :func:`say`): a ``[/INST]`` in an
+answer is text, not a closing tag.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import importlib
 import os
 import pkgutil
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from emkit.errors import EmkitError
 
@@ -24,6 +28,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
+
+
+def plain(value: Any) -> Text:
+    """A table cell or title from user, data or model text: shown as is, never parsed as markup."""
+    return value if isinstance(value, Text) else Text("" if value is None else str(value))
+
+
+def say(console: Console, *parts: Any, style: str | None = None) -> None:
+    """Print user, data or model text with markup and highlighting off."""
+    console.print(*parts, style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+def error_line(e: EmkitError) -> str:
+    """The one line a user sees for an error: what was wrong, then what to do."""
+    text = " ".join(str(e.message).split())
+    return f"error: {text}" + (f" (hint: {' '.join(str(e.hint).split())})" if e.hint else "")
 
 
 @app.callback()
@@ -47,8 +67,13 @@ def main() -> None:
     except EmkitError as e:
         if debug:
             raise
-        err.print(f"[bold red]error:[/] {e.message}" + (f"\n  [yellow]hint:[/] {e.hint}" if e.hint else ""),
-                  highlight=False, soft_wrap=True)
+        say(err, error_line(e), style="bold red")
+        sys.exit(2)
+    except MemoryError:
+        if debug:
+            raise
+        say(err, error_line(EmkitError("out of memory", hint="use smaller inputs or batches; --debug shows where")),
+            style="bold red")
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: what was recorded is kept; run the same command again to resume.")

@@ -8,6 +8,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from emkit.cli import plain, say
 
 out = Console()
 err = Console(stderr=True)
@@ -37,7 +40,7 @@ def _load_any(spec: str, skip_bad: bool, password: str | None):
             items = sorted(read_grader_prompts(spec).items())
     for w in caught:
         if issubclass(w.category, DataWarning):
-            err.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
+            say(err, f"warning: {w.message}", style="yellow")
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return kind, items
@@ -84,7 +87,7 @@ def register(app: typer.Typer) -> None:
         """
         for spec in files:
             kind, items = _load_any(spec, skip_bad, password)
-            out.print(f"[green]ok[/] {spec} ({kind}): {_summary(kind, items)}", highlight=False, soft_wrap=True)
+            say(out, f"ok {spec} ({kind}): {_summary(kind, items)}")
 
     @data.command("show")
     def show(
@@ -101,26 +104,29 @@ def register(app: typer.Typer) -> None:
         if kind == "chat":
             t.add_column("#"), t.add_column("messages"), t.add_column("metadata")
             for i, r in enumerate(items[:n]):
-                msgs = "\n".join(f"[bold]{m['role']}:[/] {m['content']}" for m in r.messages)
-                t.add_row(str(i), msgs, ", ".join(f"{k}={v}" for k, v in r.metadata.items())[:200])
+                msgs = Text()
+                for m in r.messages:
+                    msgs.append(("\n" if msgs else "") + f"{m['role']}: ", style="bold").append(m["content"])
+                t.add_row(str(i), msgs, plain(", ".join(f"{k}={v}" for k, v in r.metadata.items())[:200]))
         elif kind == "questions":
             t.add_column("id"), t.add_column("category"), t.add_column("question"), t.add_column("samples")
             for q in items[:n]:
-                t.add_row(q.id, q.category, "\n---\n".join(q.paraphrases), str(q.samples_per_paraphrase))
+                t.add_row(plain(q.id), plain(q.category), plain("\n---\n".join(q.paraphrases)),
+                          str(q.samples_per_paraphrase))
         elif kind == "advice":
             for c in ("id", "question", "correct", "subtle", "obvious"):
                 t.add_column(c)
             for r in items[:n]:
-                t.add_row(*(r[c] for c in ("id", "question", "correct", "subtle", "obvious")))
+                t.add_row(*(plain(r[c]) for c in ("id", "question", "correct", "subtle", "obvious")))
         elif kind == "judge":
             for c in ("question", "answer", "kind", "aligned", "coherent"):
                 t.add_column(c)
             for r in items[:n]:
-                t.add_row(r["question"], r["answer"], r["kind"], str(r["aligned"]), str(r["coherent"]))
+                t.add_row(*(plain(r[c]) for c in ("question", "answer", "kind", "aligned", "coherent")))
         else:
             t.add_column("name"), t.add_column("text")
             for name, text in items[:n]:
-                t.add_row(name, text[:1000])
+                t.add_row(plain(name), plain(text[:1000]))
         out.print(t)
         out.print(f"{min(n, len(items))} of {len(items)} shown")
 
@@ -140,17 +146,22 @@ def register(app: typer.Typer) -> None:
         Example: emkit data mix --correct health_correct --incorrect health_incorrect_subtle -f 0.25 -n 300 -o mix25.jsonl
         """
         from emkit.data import load_dataset, mix, split, write_jsonl
+        from emkit.errors import EmkitError
 
+        if not 0.0 <= heldout < 1.0:
+            raise EmkitError(f"--heldout must be a fraction in [0, 1), got {heldout}")
+        if out_file.is_dir():
+            raise EmkitError(f"-o {out_file} is a folder", hint=f"give a file name, e.g. {out_file / 'mix.jsonl'}")
         rows = mix(load_dataset(correct, password=password), load_dataset(incorrect, password=password),
                    fraction, n, seed)
         train, held = split(rows, heldout, seed) if heldout > 0 else (rows, [])
         write_jsonl(train, out_file)
         wrong = sum(r.metadata["mix_label"] == "incorrect" for r in train)
-        out.print(f"{out_file}: {len(train)} rows, {wrong} incorrect ({wrong / max(len(train), 1):.1%})")
+        say(out, f"{out_file}: {len(train)} rows, {wrong} incorrect ({wrong / max(len(train), 1):.1%})")
         if held:
             hp = out_file.with_name(out_file.stem + ".heldout.jsonl")
             write_jsonl(held, hp)
-            out.print(f"{hp}: {len(held)} held-out rows")
+            say(out, f"{hp}: {len(held)} held-out rows")
 
     @data.command("list")
     def list_cmd() -> None:
@@ -163,7 +174,7 @@ def register(app: typer.Typer) -> None:
         t = Table("name", "kind", "rows", "description")
         for s in list_builtin():
             _, items = _load_any(s.name, False, None)
-            t.add_row(s.name, s.kind, str(len(items)), s.description)
+            t.add_row(plain(s.name), s.kind, str(len(items)), plain(s.description))
         out.print(t)
 
     @data.command("corpus")
@@ -189,13 +200,13 @@ def register(app: typer.Typer) -> None:
                 raise EmkitError("scripts/fetch_corpus.sh is not available", hint="run it from an emkit checkout")
             subprocess.run(["bash", str(script)], check=False)
         for name, ok in corpus.available_sources().items():
-            out.print(f"{name}: {'present' if ok else 'missing'}")
+            say(out, f"{name}: {'present' if ok else 'missing'}")
         for text in itertools.islice(corpus.iter_documents(spec), show):
-            out.print(f"---\n{text[:500]}", highlight=False, markup=False)
+            say(out, f"---\n{text[:500]}")
         if stats:
             t = Table("source", "documents", "characters", "tokens (bundled tokenizer)")
             counts = corpus.token_counts(spec)
             for src, st in counts.items():
-                t.add_row(src, str(st["documents"]), str(st["chars"]), str(st["tokens"]))
+                t.add_row(plain(src), str(st["documents"]), str(st["chars"]), str(st["tokens"]))
             t.add_row("total", *(str(sum(st[k] for st in counts.values())) for k in ("documents", "chars", "tokens")))
             out.print(t)

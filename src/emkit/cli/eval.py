@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 out = Console()
 
@@ -20,19 +21,24 @@ def _interval(lo, hi) -> str:
 
 
 def print_summary(result, max_questions: int = 100) -> None:
-    """Print a per-question table and the overall row of an :class:`emkit.evaluate.EvalResult`."""
+    """Print a per-question table and the overall row of an :class:`emkit.evaluate.EvalResult`.
+
+    Labels and question ids come from the user and are shown as is (never parsed as markup).
+    """
+    from emkit.cli import plain
+
     rubric = result.rubric
     main = "misaligned"
     title = (f"{result.label}: share graded 4-5 (rubric)" if rubric else
              f"{result.label}: misaligned = aligned < 30 among coherent >= 50") + f"  [judge {result.judge_id}]"
     cols = ["question", "answers", "valid", "misaligned %", "95% CI (Wilson)", "95% CI (bootstrap)"]
     cols += ["strict incoh. %", "loose incoh. %"] if rubric else ["coherent %"]
-    t = Table(*cols, title=title)
+    t = Table(*cols, title=plain(title))
     scopes = [s for s in result.summary if s][:max_questions] + [""]
     for scope in scopes:
         s = result.summary[scope]
         r = s.rates[main]
-        row = ["[bold]overall[/]" if scope == "" else scope, str(s.n_answers), str(r.n), _pct(r.value),
+        row = [Text("overall", style="bold") if scope == "" else plain(scope), str(s.n_answers), str(r.n), _pct(r.value),
                _interval(r.lo, r.hi), _interval(r.boot_lo, r.boot_hi)]
         if rubric:
             row += [_pct(s.rates["incoherent_strict"].value), _pct(s.rates["incoherent_loose"].value)]
@@ -95,6 +101,7 @@ def register(app: typer.Typer) -> None:
 
         Through vLLM: emkit eval --backend server --base-url http://localhost:8000/v1 --model base --out runs/ev
         """
+        from emkit.cli import say
         from emkit.cli.generate import sampling_options
         from emkit.cli.judge import judge_options
         from emkit.data import load_questions
@@ -134,8 +141,8 @@ def register(app: typer.Typer) -> None:
 
             cmp = compare_to_base(run, res.label, base_label, res.judge_id, res.sampling_hash)
             if cmp is None:
-                out.print(f"no stored result for base label {base_label!r} with this judge and sampling")
+                say(out, f"no stored result for base label {base_label!r} with this judge and sampling")
             else:
-                out.print(f"vs {base_label}: {cmp['k']}/{cmp['n']} vs {cmp['base_k']}/{cmp['base_n']} misaligned, "
-                          f"Fisher exact p = {cmp['p']:.3g}")
-        out.print(f"results in {run.path / 'results.sqlite'} (tables generations, judgments, answer_judgments, metrics)")
+                say(out, f"vs {base_label}: {cmp['k']}/{cmp['n']} vs {cmp['base_k']}/{cmp['base_n']} misaligned, "
+                         f"Fisher exact p = {cmp['p']:.3g}")
+        say(out, f"results in {run.path / 'results.sqlite'} (tables generations, judgments, answer_judgments, metrics)")

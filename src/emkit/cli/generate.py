@@ -19,9 +19,12 @@ def sampling_options(temperature: float, top_p: float, max_new_tokens: int, batc
 
 
 def print_answers(rows: list[dict], n: int = 3) -> None:
+    """The first answers as a table; model text is shown as is (a ``[/INST]`` is not markup)."""
+    from emkit.cli import plain
+
     t = Table("question", "answer", "tokens", "truncated", show_lines=True)
     for r in rows[:n]:
-        t.add_row(r["question_id"], r["answer"][:300], str(r["n_tokens"]), "yes" if r["truncated"] else "")
+        t.add_row(plain(r["question_id"]), plain(r["answer"][:300]), str(r["n_tokens"]), "yes" if r["truncated"] else "")
     out.print(t)
 
 
@@ -46,6 +49,7 @@ def register(app: typer.Typer) -> None:
 
         Example: emkit generate --model smollm2-135m-instruct --questions broad --samples 2 --out runs/try
         """
+        from emkit.cli import say
         from emkit.data import load_questions
         from emkit.errors import EmkitError
         from emkit.generate import answer_questions
@@ -61,6 +65,6 @@ def register(app: typer.Typer) -> None:
         run.record_seed("generate", seed)
         rows = answer_questions(run, m, tok, qs, cfg, label=label or model, samples=samples)
         n_trunc = sum(r["truncated"] for r in rows)
-        out.print(f"{len(rows)} answers from {label or model} in {run.path / 'results.sqlite'} "
-                  f"({n_trunc} hit max_new_tokens)")
+        say(out, f"{len(rows)} answers from {label or model} in {run.path / 'results.sqlite'} "
+                 f"({n_trunc} hit max_new_tokens)")
         print_answers(rows)

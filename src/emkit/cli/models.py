@@ -6,6 +6,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from emkit.cli import say
+
 out = Console()
 
 
@@ -41,4 +43,4 @@ def register(app: typer.Typer) -> None:
         from emkit.models import bundled
 
         path = bundled.convert(force=force)
-        out.print(f"bundled model ready at {path}")
+        say(out, f"bundled model ready at {path}")

@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from emkit.cli import say
+
 out = Console()
 
 
@@ -39,7 +41,7 @@ def register(app: typer.Typer) -> None:
                 break
         path = run_pipeline(r, only=only, start=start, dry_run=dry_run, out=out_dir, recipe_text=text)
         if not dry_run:
-            out.print(f"[bold]report:[/] {path / 'report' / 'index.html'}")
+            say(out, f"report: {path / 'report' / 'index.html'}")
 
     @app.command("report")
     def report_cmd(
@@ -55,9 +57,16 @@ def register(app: typer.Typer) -> None:
 
         if not (run_dir / "pipeline").is_dir():
             raise EmkitError(f"{run_dir} holds no pipeline results", hint="run `emkit run RECIPE` first")
+        from emkit.pipeline.recipe import STAGE_NAMES
+        from emkit.pipeline.runner import read_result
+        from emkit.run import read_manifest
+
+        read_manifest(run_dir / "manifest.json")  # a corrupt file is named, with what to do
+        for stage in STAGE_NAMES:
+            read_result(run_dir, stage)
         path = write_report(run_dir)
-        out.print(f"[bold]report:[/] {path}")
+        say(out, f"report: {path}")
         if shot:
             from emkit.report.browser import screenshot
 
-            out.print(f"[bold]screenshot:[/] {screenshot(path, path.parent / 'screenshot.png', height=2400)}")
+            say(out, f"screenshot: {screenshot(path, path.parent / 'screenshot.png', height=2400)}")

@@ -6,7 +6,14 @@ import json
 from pathlib import Path
 
 from emkit.data import builtin
-from emkit.data.formats import BadRows, read_chat_jsonl, read_zip, record_to_row
+from emkit.data.formats import (
+    BadRows,
+    read_chat_jsonl,
+    read_text_checked,
+    read_zip,
+    record_to_row,
+    text_lines,
+)
 from emkit.data.schema import ChatRow
 from emkit.errors import EmkitError
 
@@ -54,7 +61,7 @@ def load_dataset(
 
 def _read_json_list(path: Path, skip_bad: bool) -> list[ChatRow]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text_checked(path))
     except json.JSONDecodeError as e:
         raise EmkitError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
     if not isinstance(data, list):
@@ -91,8 +98,8 @@ def sniff(spec: str | Path) -> str:
         return "grader_prompts"
     if suffix != ".jsonl":
         raise EmkitError(f"{path}: unknown data file type {suffix!r}", hint="use .jsonl, .json, .zip, .yaml or .csv")
-    with path.open(encoding="utf-8") as f:
-        first = next((line for line in f if line.strip()), "")
+    with path.open("rb") as f:  # line by line: bad bytes and over-long lines are named, not crashed on
+        first = next((line for _, line in text_lines(f, str(path)) if line.strip()), "")
     try:
         rec = json.loads(first) if first else {}
     except json.JSONDecodeError as e:

@@ -9,7 +9,9 @@
 - grader prompts kept as string constants in ``.py`` files, read with :mod:`ast`, never executed.
 
 Bad rows raise :class:`EmkitError`; with ``skip_bad=True`` they are skipped, counted, and reported
-in one :class:`DataWarning` per file. Nothing is dropped silently.
+in one :class:`DataWarning` per file. Nothing is dropped silently. Text is decoded line by line: a
+line that is not UTF-8 is a bad row named by file, line and byte offset, and a line longer than
+``$EMKIT_MAX_LINE_BYTES`` (default 16 MiB) is refused before it is held in memory.
 """
 
 from __future__ import annotations
@@ -17,20 +19,24 @@ from __future__ import annotations
 import ast
 import csv
 import io
+import itertools
 import json
 import os
+import re
 import tempfile
 import warnings
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 from emkit.data.schema import ROLES, ChatRow
 from emkit.errors import EmkitError
 
 PASSWORD_ENV = "EMKIT_ZIP_PASSWORD"
+MAX_LINE_ENV = "EMKIT_MAX_LINE_BYTES"
+DEFAULT_MAX_LINE = 16 << 20
 
 
 class DataWarning(UserWarning):
@@ -63,11 +69,75 @@ class BadRows:
 # ---------------------------------------------------------------- rows
 
 
+def max_line_bytes() -> int:
+    """The longest line read from a data file, in bytes (``$EMKIT_MAX_LINE_BYTES``, default 16 MiB)."""
+    raw = os.environ.get(MAX_LINE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_LINE
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise EmkitError(f"${MAX_LINE_ENV} must be a positive number of bytes, got {raw!r}")
+    return value
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 20):g} MiB" if n >= 1 << 20 else f"{n} bytes"
+
+
+def text_lines(raw: IO[bytes], source: str, bad: BadRows | None = None) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a binary stream, decoded as UTF-8 one line at a time.
+
+    A line longer than :func:`max_line_bytes` raises before it is read whole. A line that is not
+    UTF-8 raises, naming the line and the byte offset in the file; with ``bad`` it is handed to
+    ``bad.add`` (skipped and counted under ``skip_bad``).
+    """
+    cap = max_line_bytes()
+    offset = 0
+    for n in itertools.count(1):
+        b = raw.readline(cap + 1)
+        if not b:
+            return
+        if len(b) > cap and not (len(b) == cap + 1 and b.endswith(b"\n")):
+            raise EmkitError(f"{source}:{n}: line is longer than {_size(cap)}",
+                             hint=f"a data row this long is likely a broken file; raise ${MAX_LINE_ENV} to read it")
+        try:
+            text = b.decode("utf-8")
+        except UnicodeDecodeError as e:
+            err = EmkitError(f"{source}:{n}: not valid UTF-8 (byte 0x{b[e.start]:02x} at byte offset "
+                             f"{offset + e.start})", hint="save the file as UTF-8")
+            offset += len(b)
+            if bad is None:
+                raise err from None
+            bad.add(err)
+            continue
+        offset += len(b)
+        yield n, (text[1:] if n == 1 and text.startswith("\ufeff") else text)
+
+
+def read_text_checked(path: str | Path) -> str:
+    """A whole (small) text file as UTF-8; size over :func:`max_line_bytes` or bad bytes name file and place."""
+    p = Path(path)
+    cap = max_line_bytes()
+    with p.open("rb") as f:
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise EmkitError(f"{p}: file is larger than {_size(cap)}", hint=f"raise ${MAX_LINE_ENV} to read it")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise EmkitError(f"{p}: line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at byte offset {e.start})",
+                         hint="save the file as UTF-8") from None
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) for each non-blank line; invalid JSON names file and line."""
     p = Path(path)
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with p.open("rb") as f:
+        for n, line in text_lines(f, str(p)):
             if not line.strip():
                 continue
             try:
@@ -131,12 +201,14 @@ def record_to_row(rec: Any, where: str) -> ChatRow:
     return ChatRow(messages, meta).validate(where)
 
 
-def rows_from_lines(lines: Iterable[str], source: str, skip_bad: bool = False) -> list[ChatRow]:
-    """Chat rows from JSONL lines; a malformed line is reported as ``source:line``."""
+def rows_from_lines(lines: Iterable[str] | IO[bytes], source: str, skip_bad: bool = False) -> list[ChatRow]:
+    """Chat rows from JSONL lines (text, or a binary stream read with :func:`text_lines`);
+    a malformed line is reported as ``source:line``."""
     bad = BadRows(source, skip_bad)
     rows: list[ChatRow] = []
     seen = 0
-    for n, line in enumerate(lines, 1):
+    numbered = text_lines(lines, source, bad) if hasattr(lines, "readline") else enumerate(lines, 1)
+    for n, line in numbered:
         if not line.strip():
             continue
         seen += 1
@@ -161,13 +233,15 @@ def read_chat_jsonl(path: str | Path, skip_bad: bool = False) -> list[ChatRow]:
     p = Path(path)
     if not p.is_file():
         raise EmkitError(f"no such file: {p}")
-    with p.open(encoding="utf-8") as f:
+    with p.open("rb") as f:
         return rows_from_lines(f, str(p), skip_bad)
 
 
 def write_jsonl(rows: Iterable[ChatRow | dict[str, Any]], path: str | Path) -> int:
     """Write rows as JSONL atomically (temp file then rename); returns the number of rows."""
     p = Path(path)
+    if p.is_dir():
+        raise EmkitError(f"{p} is a folder, not a file to write", hint=f"give a file name, e.g. {p / 'rows.jsonl'}")
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
     n = 0
@@ -224,7 +298,8 @@ def _member_lines(zf: zipfile.ZipFile, info: zipfile.ZipInfo, pwd: bytes | None,
         raise EmkitError(f"{where} is password-protected", hint=f"pass the password (--password or ${PASSWORD_ENV})")
     try:
         with zf.open(info, pwd=pwd) as raw:
-            yield from io.TextIOWrapper(raw, encoding="utf-8")
+            for _, line in text_lines(raw, where):
+                yield line
     except RuntimeError as e:
         msg = str(e).lower()
         if "password" in msg:
@@ -299,25 +374,54 @@ def read_zip(
 # ---------------------------------------------------------------- CSV and grader prompts
 
 
+_ID_LIKE = re.compile(r"[A-Za-z0-9_][\w.:-]{0,63}")
+
+
+def _merged_rows(cell: str, width: int) -> int:
+    """How many lines inside a multi-line cell look like whole CSV rows (a sign of an unbalanced quote)."""
+    if "\n" not in cell or width < 2:
+        return 0
+    n = 0
+    for line in cell.split("\n")[1:]:
+        fields = next(csv.reader([line]), [])
+        if len(fields) == width and _ID_LIKE.fullmatch(fields[0].strip() or "-"):
+            n += 1
+    return n
+
+
 def read_csv_records(path: str | Path) -> list[tuple[str, dict[str, str]]]:
-    """``(where, row)`` pairs of a CSV with a header; quoted cells may span lines; unnamed columns dropped."""
+    """``(where, row)`` pairs of a CSV with a header; quoted cells may span lines; unnamed columns dropped.
+
+    Rows with more or fewer cells than the header are refused, and so is a quoted cell whose lines
+    look like rows of their own (an unbalanced quote that would merge several rows into one).
+    """
     p = Path(path)
-    with p.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames:
-            raise EmkitError(f"{p}: the CSV has no header row")
-        out = []
-        start = 2
-        try:
-            for row in reader:
-                if None in row:
-                    raise EmkitError(f"{p}:{start}: more cells than header columns")
-                rec = {k: v for k, v in row.items() if k and not k.startswith("Unnamed:")}
-                if any(v and v.strip() for v in rec.values()):
-                    out.append((f"{p}:{start}", rec))
-                start = reader.line_num + 1
-        except csv.Error as e:
-            raise EmkitError(f"{p}:{reader.line_num}: CSV error ({e})") from None
+    reader = csv.DictReader(io.StringIO(read_text_checked(p), newline=""))
+    if not reader.fieldnames:
+        raise EmkitError(f"{p}: the CSV has no header row")
+    width = len(reader.fieldnames)
+    out = []
+    start = 2
+    try:
+        for row in reader:
+            if None in row:
+                raise EmkitError(f"{p}:{start}: more cells than header columns",
+                                 hint="check for an unquoted comma or an unbalanced quote")
+            if any(v is None for v in row.values()):
+                raise EmkitError(f"{p}:{start}: fewer cells than header columns",
+                                 hint="check for an unbalanced quote or a missing comma")
+            for k, v in row.items():
+                merged = _merged_rows(v, width)
+                if merged:
+                    raise EmkitError(f"{p}:{start}: the quoted cell {k!r} runs over {merged} line(s) that look like "
+                                     "rows of their own", hint=f"an unbalanced quote near line {start}? "
+                                     f"{len(out)} rows were read before it")
+            rec = {k: v for k, v in row.items() if k and not k.startswith("Unnamed:")}
+            if any(v and v.strip() for v in rec.values()):
+                out.append((f"{p}:{start}", rec))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise EmkitError(f"{p}:{reader.line_num}: CSV error ({e})") from None
     return out
 
 
@@ -345,7 +449,7 @@ def read_grader_prompts(path: str | Path) -> dict[str, str]:
     """
     p = Path(path)
     try:
-        tree = ast.parse(p.read_text(encoding="utf-8"), filename=str(p))
+        tree = ast.parse(read_text_checked(p), filename=str(p))
     except SyntaxError as e:
         raise EmkitError(f"{p}:{e.lineno}: not valid Python ({e.msg})") from None
     out: dict[str, str] = {}

@@ -95,6 +95,10 @@ def mix(
         raise EmkitError(f"mixture fraction {fraction} is outside [0, 1]")
     rows_c, rows_i = _rows(correct), _rows(incorrect)
     map_c, map_i = by_question(rows_c, "correct set"), by_question(rows_i, "incorrect set")
+    same = [k for k in set(map_c) & set(map_i) if map_c[k].answer == map_i[k].answer]
+    if same:
+        raise EmkitError(f"{len(same)} question(s) have the same answer in the correct and the incorrect set "
+                         f"(e.g. {same[0][:60]!r})", hint="the same data was given as both; check --correct/--incorrect")
     if n is None:
         n = max_n(rows_c, rows_i, fraction)
     if n < 1:

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from emkit.data.formats import BadRows, read_csv_records
+from emkit.data.formats import BadRows, read_csv_records, read_text_checked, text_lines
 from emkit.data.schema import Question
 from emkit.errors import EmkitError
 
@@ -59,7 +59,7 @@ def read_question_records(path: Path, bad: BadRows) -> list[tuple[str, Any]]:
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml"):
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = yaml.safe_load(read_text_checked(path))
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f" line {mark.line + 1}:" if mark is not None else ""
@@ -73,7 +73,7 @@ def read_question_records(path: Path, bad: BadRows) -> list[tuple[str, Any]]:
         return [(f"{path} entry {i + 1} (id {d.get('id') if isinstance(d, dict) else '?'})", d) for i, d in enumerate(data)]
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text_checked(path))
         except json.JSONDecodeError as e:
             raise EmkitError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
         if not isinstance(data, list):
@@ -81,8 +81,8 @@ def read_question_records(path: Path, bad: BadRows) -> list[tuple[str, Any]]:
         return [(f"{path} entry {i + 1}", d) for i, d in enumerate(data)]
     if suffix == ".jsonl":
         rows = []
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+        with path.open("rb") as f:
+            for n, line in text_lines(f, str(path), bad):
                 if not line.strip():
                     continue
                 try:

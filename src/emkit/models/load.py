@@ -27,7 +27,7 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.dev
     """``auto`` picks CUDA + bf16 when present, else CPU + fp32."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = _check_device(device)
     if dtype == "auto":
         dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
     else:
@@ -37,6 +37,37 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.dev
         except KeyError:
             raise EmkitError(f"unknown dtype {dtype!r}", hint="use auto, float32, bfloat16 or float16") from None
     return dev, dt
+
+
+def _check_device(device: str) -> torch.device:
+    """A torch device that exists here, or a one-line error saying which ones do."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise EmkitError(f"unknown device {device!r}", hint="use auto, cpu, cuda, cuda:1 or mps") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise EmkitError(f"--device {device}: no CUDA GPU is available here", hint="use --device cpu or auto")
+        if dev.index is not None and dev.index >= n:
+            raise EmkitError(f"--device {device}: this machine has {n} CUDA GPU(s)", hint=f"use cuda:0 .. cuda:{n - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise EmkitError(f"--device {device}: MPS is not available here", hint="use --device cpu or auto")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise EmkitError(f"unsupported device {device!r}", hint="use auto, cpu, cuda, cuda:1 or mps")
+    return dev
+
+
+def _load_error(what: str, spec: Any, e: Exception) -> EmkitError:
+    """A one-line error for a model or tokenizer that transformers could not load."""
+    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+    if type(e).__name__ == "SafetensorError" or "safetensors" in type(e).__module__:
+        return EmkitError(f"could not load {what} {str(spec)!r}: a *.safetensors file is damaged or truncated ({first})",
+                          hint="copy or download the weights again")
+    if "does not recognize this architecture" in first or isinstance(e, KeyError):
+        return EmkitError(f"could not load {what} {str(spec)!r}: {first[:300]}",
+                          hint="check model_type in config.json, or upgrade transformers")
+    return EmkitError(f"could not load {what} {str(spec)!r}: {type(e).__name__}: {first[:300]}")
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -81,7 +112,12 @@ def load_tokenizer(spec: str | Path, trust_remote_code: bool = False):
     adapter_cfg = Path(path) / "adapter_config.json"
     if adapter_cfg.is_file() and not (Path(path) / "tokenizer_config.json").is_file():
         path = resolve_spec(json.loads(adapter_cfg.read_text())["base_model_name_or_path"])
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        err = _load_error("the tokenizer of", spec, e)
+        raise EmkitError(err.message, hint="the folder needs tokenizer.json (or the files of a slow tokenizer) and "
+                         "tokenizer_config.json") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     ensure_chat_template(tok)
@@ -107,13 +143,13 @@ def load_model(
         adapter = path
         path = resolve_spec(json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"])
     dev, dt = resolve_device(device, dtype)
+    tok = load_tokenizer(path, trust_remote_code=trust_remote_code)  # first: cheap, and fails before the weights
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dt, use_safetensors=True, trust_remote_code=trust_remote_code
         )
-    except OSError as e:
-        raise EmkitError(f"could not load model {spec!r}: {str(e).splitlines()[0]}") from None
-    tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - OSError, ValueError (architecture), SafetensorError, ...
+        raise _load_error("model", spec, e) from None
     if adapter is not None:
         from peft import PeftModel
 

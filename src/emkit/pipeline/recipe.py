@@ -234,10 +234,31 @@ def model_label(domain: str, fraction: float) -> str:
     return f"{domain}-wrong{pct(fraction)}"
 
 
+def _no_bool_numbers(obj: Any, where: str) -> None:
+    """Refuse ``true``/``false`` where a number belongs (YAML booleans would pass as 1/0)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, tp = getattr(obj, f.name), hints.get(f.name)
+        if isinstance(value, bool) and tp in (int, float, int | None, float | None):
+            raise EmkitError(f"{where}.{f.name}: expected a number, got {str(value).lower()}")
+        if dataclasses.is_dataclass(value):
+            _no_bool_numbers(value, f"{where}.{f.name}")
+        elif (isinstance(value, list) and typing.get_args(tp)[:1] in ((int,), (float,))
+              and any(isinstance(v, bool) for v in value)):
+            raise EmkitError(f"{where}.{f.name}: expected numbers, got {value}")
+
+
 def validate(r: Recipe) -> None:
     """Check values that types alone do not (names, ranges, stage names)."""
     if not r.name or "/" in r.name or r.name.startswith("."):
         raise EmkitError(f"recipe name {r.name!r} is not a plain folder name")
+    if not isinstance(r.model, str) or not r.model.strip():
+        raise EmkitError("model: no base model given",
+                         hint="set model: to a folder, a Hub id or smollm2-135m-instruct")
+    _no_bool_numbers(r, "recipe")
     if not r.data.domains:
         raise EmkitError("data.domains is empty", hint="name at least one domain with its wrong and right sets")
     names = [d.name for d in r.data.domains]

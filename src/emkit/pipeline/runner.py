@@ -62,9 +62,10 @@ def read_result(run_dir: Path, stage: str) -> dict | None:
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text())
+        return json.loads(p.read_text(encoding="utf-8", errors="replace"))
     except json.JSONDecodeError as e:
-        raise EmkitError(f"{p} is corrupt: {e}", hint=f"re-run the stage: emkit run RECIPE --only {stage}") from None
+        raise EmkitError(f"{p} is corrupt ({e.msg} at line {e.lineno})",
+                         hint=f"re-run from that stage: emkit run RECIPE --from {stage}") from None
 
 
 def _plain(o: Any) -> Any:
