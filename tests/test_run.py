@@ -93,3 +93,50 @@ def test_kill_mid_write_keeps_committed_rows(tmp_path):
     n = db.query("SELECT COUNT(*) AS n FROM generations")[0]["n"]
     assert n >= (committed + 1) * 50 and n % 50 == 0  # whole batches only
     assert db.query("PRAGMA integrity_check")[0]["integrity_check"] == "ok"
+
+
+def _holder_process(folder) -> subprocess.Popen:
+    """Another process that opens the run folder and keeps it (stops by itself after 60 s)."""
+    script = f"import time; from emkit.run import Run; r = Run({str(folder)!r}); print('ready', flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_second_process_on_a_run_folder_is_refused_naming_the_holder(tmp_path):
+    proc = _holder_process(tmp_path / "r")
+    try:
+        with pytest.raises(EmkitError, match=rf"in use by process {proc.pid} ") as e:
+            Run(tmp_path / "r")
+        assert "--wait" in e.value.hint
+        run = Run(tmp_path / "other")  # another folder is free
+        assert Run(tmp_path / "other").path == run.path  # the same process may open its folder again
+    finally:
+        proc.kill()
+        proc.wait()
+    assert Run(tmp_path / "r").path.is_dir()  # killed with -9: the system freed the lock
+
+
+def test_wait_starts_when_the_holder_ends(tmp_path):
+    import threading
+
+    proc = _holder_process(tmp_path / "r")
+    threading.Timer(1.0, proc.kill).start()
+    t0 = time.time()
+    run = Run(tmp_path / "r", wait=True)
+    proc.wait()
+    assert run.path.is_dir() and 0.9 < time.time() - t0 < 30
+
+
+def test_two_emkit_runs_on_one_folder(tmp_path):
+    """`emkit run` as a second process on a folder in use: one line naming the holder, exit 2."""
+    proc = _holder_process(tmp_path / "r")
+    try:
+        res = subprocess.run([sys.executable, "-m", "emkit.cli", "run", "smoke", "--out", str(tmp_path / "r")],
+                             capture_output=True, text=True)
+    finally:
+        proc.kill()
+        proc.wait()
+    err = [ln for ln in res.stderr.splitlines() if ln.startswith("error")]
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert len(err) == 1 and f"process {proc.pid}" in err[0]

@@ -9,6 +9,10 @@ runs/<name>/
 
 A stage is run through :meth:`Run.stage`: it is skipped when it finished before with the same
 config hash, so an interrupted run resumes and a finished one costs nothing to re-run.
+
+One process writes to a run folder at a time: opening a :class:`Run` takes an exclusive lock on
+``RUN/.emkit.lock`` (``flock``; the system frees it when the process ends, even on ``kill -9``).
+A second process gets a one-line error naming the holder, or waits its turn with ``wait=True``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import platform
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +37,7 @@ from emkit.errors import EmkitError
 from emkit.results import ResultsDB
 
 T = TypeVar("T")
+LOCK_NAME = ".emkit.lock"
 PACKAGES = ("emkit", "torch", "transformers", "peft", "trl", "accelerate", "safetensors", "numpy")
 
 
@@ -56,6 +62,68 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+_held: dict[str, list[int]] = {}  # resolved run folder -> [lock file descriptor, Run objects using it]
+
+
+def _holder(folder: Path) -> str:
+    """Who holds a run folder's lock, from what it wrote into the lock file."""
+    try:
+        info = json.loads((folder / LOCK_NAME).read_text(encoding="utf-8"))
+        return f"process {info['pid']} on {info.get('host', '?')} ({info.get('cmd', '?')}, since {info.get('since', '?')})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def lock_run(folder: Path, *, wait: bool = False, poll: float = 1.0) -> str:
+    """Take (or share, within this process) the exclusive lock of a run folder; returns its key.
+
+    Held until every :class:`Run` of this process on the folder is gone, or the process ends.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        return ""
+    key = str(folder.resolve())
+    if key in _held:
+        _held[key][1] += 1
+        return key
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            holder = _holder(folder)
+            if not wait:
+                os.close(fd)
+                raise EmkitError(f"run folder {folder} is in use by {holder}",
+                                 hint="wait for it to end, or pass --wait to start when it does") from None
+            if not told:
+                print(f"waiting for run folder {folder}, in use by {holder}", file=sys.stderr, flush=True)
+                told = True
+            time.sleep(poll)
+        except BaseException:
+            os.close(fd)
+            raise
+    info = {"pid": os.getpid(), "host": platform.node(), "cmd": " ".join(["emkit", *sys.argv[1:]])[:200],
+            "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(info).encode())
+    _held[key] = [fd, 1]
+    return key
+
+
+def _unlock(key: str) -> None:
+    entry = _held.get(key)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] <= 0:
+        del _held[key]
+        os.close(entry[0])  # closing the descriptor frees the flock
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
     """A run's ``manifest.json`` ({} when absent); a corrupt one is a one-line error naming it."""
     if not path.exists():
@@ -71,9 +139,10 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 
 class Run:
-    """A run folder. Creating one on an existing folder reopens it (resume)."""
+    """A run folder. Creating one on an existing folder reopens it (resume); ``wait``: queue behind
+    another process that has it open instead of failing."""
 
-    def __init__(self, path: str | Path, create: bool = True):
+    def __init__(self, path: str | Path, create: bool = True, *, wait: bool = False):
         self.path = Path(path)
         if not self.path.exists():
             if not create:
@@ -81,6 +150,9 @@ class Run:
             self.path.mkdir(parents=True)
         elif not self.path.is_dir():
             raise EmkitError(f"{self.path} exists and is not a folder")
+        key = lock_run(self.path, wait=wait)  # before anything is read or written
+        if key:
+            weakref.finalize(self, _unlock, key)
         self.manifest_path = self.path / "manifest.json"
         self.manifest: dict[str, Any] = self._read_manifest()
         self.manifest.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))

@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
         start: str = typer.Option(None, "--from", help="Run from this stage on, re-running it and later ones."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and a time estimate; run nothing."),
         out_dir: Path = typer.Option(None, "--out", "-o", help="Run folder (default: the recipe's, runs/<name>)."),
+        wait: bool = typer.Option(False, "--wait", help="If another process has the run folder open, wait for it."),
     ) -> None:
         """Run the study a recipe describes: baseline, fine-tunes, evals, SAE, diff, interpret, steer,
         predict, re-align, report. Finished stages with unchanged settings are skipped, so a killed
@@ -39,7 +40,7 @@ def register(app: typer.Typer) -> None:
             if cand.is_file():
                 text = cand.read_text(encoding="utf-8")
                 break
-        path = run_pipeline(r, only=only, start=start, dry_run=dry_run, out=out_dir, recipe_text=text)
+        path = run_pipeline(r, only=only, start=start, dry_run=dry_run, out=out_dir, recipe_text=text, wait=wait)
         if not dry_run:
             say(out, f"report: {path / 'report' / 'index.html'}")
 

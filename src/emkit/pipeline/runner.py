@@ -183,8 +183,12 @@ def fmt_seconds(s: float) -> str:
 
 def run_pipeline(recipe: Recipe, *, only: str | None = None, start: str | None = None, dry_run: bool = False,
                  out: Path | None = None, progress: bool = True, stages: list[Stage] | None = None,
-                 recipe_text: str | None = None) -> Path:
-    """Run (or, with ``dry_run``, print the plan of) the recipe into its run folder; returns the folder."""
+                 recipe_text: str | None = None, wait: bool = False) -> Path:
+    """Run (or, with ``dry_run``, print the plan of) the recipe into its run folder; returns the folder.
+
+    The run folder is locked for this process; another ``emkit run`` on it fails at once naming the
+    holder, or (``wait``) starts when the holder ends.
+    """
     from emkit.pipeline.context import Context
     from emkit.pipeline.stages import STAGES
 
@@ -206,7 +210,7 @@ def run_pipeline(recipe: Recipe, *, only: str | None = None, start: str | None =
         if before:
             raise EmkitError(f"--from {start}: earlier stage(s) {', '.join(before)} are not done",
                              hint="run without --from first (done stages are skipped anyway)")
-    run = Run(run_dir)
+    run = Run(run_dir, wait=wait)
     run.save_config(recipe)
     if recipe_text is not None:
         atomic_write_text(run.path / "recipe.yaml", recipe_text)
