@@ -8,9 +8,13 @@ repair it. Heavy modules are imported lazily so ``import emkit`` stays fast.
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
 
 __version__ = "0.1.0"
+
+# PEFT calls a transformers method deprecated in v5 on every adapter load; nothing a user can act on.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 _LAZY = {
     "load_model": "emkit.models.load",

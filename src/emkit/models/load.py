@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from emkit.errors import EmkitError
-from emkit.models import bundled
+from emkit.models import bundled, offline
 from emkit.models.chat import ensure_chat_template
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,10 @@ def resolve_spec(spec: str | Path) -> str:
     """Turn a spec into a folder path or Hub id, converting the bundled model on first use."""
     s = str(spec)
     if s.lower() in ALIASES:
-        return str(bundled.convert())
+        offline.use_for(local=True)  # no Hub lookups (and no warnings about them) for local models
+        return str(bundled.path())
     if _looks_like_path(s):
+        offline.use_for(local=True)
         p = Path(s).expanduser()
         if not p.exists():
             raise EmkitError(f"model path does not exist: {p}", hint="give a folder with config.json and *.safetensors")
@@ -98,6 +100,7 @@ def resolve_spec(spec: str | Path) -> str:
             raise EmkitError(f"{p} has no weights (*.safetensors)")
         return str(p)
     if s.count("/") == 1 and not s.endswith("/"):
+        offline.use_for(local=False)
         return s  # a Hub id: works when the user has network access or a local HF cache
     raise EmkitError(
         f"cannot find model {s!r}",
