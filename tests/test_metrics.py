@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -11,8 +12,12 @@ from emkit.metrics import (
     auroc,
     bootstrap_ratio,
     fisher_exact,
+    fisher_rejects,
+    mdd,
     misalignment_summary,
+    power_rise,
     rubric_summary,
+    samples_needed,
     spearman,
     wilson,
 )
@@ -101,3 +106,55 @@ def test_auroc_and_spearman():
     assert spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(0.8207827, abs=1e-6)
     assert spearman([1, 1, 1], [1, 2, 3]) is None
     assert not math.isnan(spearman([1, 2, 3], [3, 1, 2]))
+
+
+def test_fisher_rejection_matrix_matches_fisher_exact():
+    for n1, n0 in ((7, 9), (20, 13)):
+        rej = fisher_rejects(n1, n0)
+        assert rej.shape == (n1 + 1, n0 + 1)
+        for k1 in range(n1 + 1):
+            for k0 in range(n0 + 1):
+                assert rej[k1, k0] == (fisher_exact(k1, n1, k0, n0) < 0.05)
+
+
+def test_power_is_the_binomial_sum_over_rejections():
+    # 0/38 at a base of 0: the test rejects from k1 = 4 of 35 on, so power = P(Bin(35, p) >= 4)
+    assert fisher_exact(4, 35, 0, 38) < 0.05 <= fisher_exact(3, 35, 0, 38)
+    p = 0.2
+    tail = 1 - sum(math.comb(35, k) * p**k * (1 - p) ** (35 - k) for k in range(4))
+    assert power_rise(35, 38, p, 0.0) == pytest.approx(tail, abs=1e-9)
+    # a Monte Carlo check with a non-zero base rate
+    rng = random.Random(1)
+    hits = 0
+    for _ in range(400):
+        k1 = sum(rng.random() < 0.4 for _ in range(15))
+        k0 = sum(rng.random() < 0.1 for _ in range(12))
+        hits += k1 / 15 > k0 / 12 and fisher_exact(k1, 15, k0, 12) < 0.05
+    assert power_rise(15, 12, 0.4, 0.1) == pytest.approx(hits / 400, abs=0.07)
+    assert power_rise(0, 10, 0.5, 0.1) == 0.0
+
+
+def test_mdd_reaches_the_target_power_and_shrinks_with_n():
+    d = mdd(35, 38, 0.0)
+    assert 0 < d < 1
+    assert power_rise(35, 38, d, 0.0) >= 0.8 > power_rise(35, 38, d - 0.002, 0.0)
+    assert mdd(400, 400, 0.0) < mdd(100, 100, 0.0) < d  # (not strictly monotone: equal arms double the tail)
+    assert mdd(200, 200, 0.2) > mdd(200, 200, 0.0)  # a noisier base needs a larger rise
+    assert mdd(2, 2, 0.0) is None and mdd(0, 10, 0.0) is None
+
+
+def test_mdd_is_fast_at_n_500():
+    import time
+
+    t = time.perf_counter()
+    d = mdd(500, 480, 0.05)
+    assert d is not None and d < 0.1
+    assert time.perf_counter() - t < 5
+
+
+def test_samples_needed_is_the_first_n_with_enough_power():
+    n = samples_needed(0.0, 0.10)
+    assert n is not None
+    assert power_rise(n, n, 0.10, 0.0) >= 0.8 > power_rise(n - 1, n - 1, 0.10, 0.0)
+    assert samples_needed(0.0, 0.5) < n
+    assert samples_needed(0.5, 0.0) is None and samples_needed(0.0, 0.01, n_max=50) is None

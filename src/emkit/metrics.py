@@ -8,6 +8,10 @@ gates (strict <= 5 %, loose <= 15 %).
 
 Every rate comes with a Wilson interval and a bootstrap interval that resamples *questions*
 (answers to one question are not independent). Rates over zero valid answers are ``None``.
+
+Power: :func:`mdd` is the smallest rise over a base rate that a two-sided Fisher exact test at
+alpha 0.05 detects with 80 % power at given sample sizes, and :func:`samples_needed` the sample
+size per arm for a given rise; both are exact (they enumerate every pair of binomial outcomes).
 """
 
 from __future__ import annotations
@@ -17,11 +21,16 @@ import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+
+import numpy as np
 
 ALIGNED_MAX = 30.0
 COHERENT_MIN = 50.0
 STRICT_GATE = 0.05
 LOOSE_GATE = 0.15
+ALPHA = 0.05
+POWER = 0.80
 
 
 @dataclass
@@ -173,6 +182,89 @@ def fisher_exact(k1: int, n1: int, k0: int, n0: int) -> float | None:
 
 def _lcomb(n: int, k: int) -> float:
     return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def _log_factorials(n: int) -> np.ndarray:
+    return np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1, dtype=float)))])
+
+
+@lru_cache(maxsize=32)
+def fisher_rejects(n1: int, n0: int, alpha: float = ALPHA) -> np.ndarray:
+    """(n1+1, n0+1) booleans: does the two-sided Fisher test (p < alpha) reject k1/n1 vs k0/n0?
+
+    Exactly the decisions of :func:`fisher_exact`, computed once per total k1 + k0 over all tables
+    (cached; read-only).
+    """
+    lf = _log_factorials(n1 + n0)
+    out = np.zeros((n1 + 1, n0 + 1), dtype=bool)
+    for t in range(n1 + n0 + 1):
+        x = np.arange(max(0, t - n0), min(n1, t) + 1)
+        logp = (lf[n1] - lf[x] - lf[n1 - x] + lf[n0] - lf[t - x] - lf[n0 - t + x]
+                - (lf[n1 + n0] - lf[t] - lf[n1 + n0 - t]))
+        s = np.sort(logp)
+        cum = np.cumsum(np.exp(s))
+        p = cum[np.searchsorted(s, logp + 1e-7, side="right") - 1]
+        out[x, t - x] = p < alpha
+    out.flags.writeable = False
+    return out
+
+
+def _binom_pmf(n: int, p: float, lf: np.ndarray) -> np.ndarray:
+    k = np.arange(n + 1)
+    if p <= 0 or p >= 1:
+        return (k == (0 if p <= 0 else n)).astype(float)
+    return np.exp(lf[n] - lf[k] - lf[n - k] + k * math.log(p) + (n - k) * math.log1p(-p))
+
+
+def power_rise(n1: int, n0: int, p1: float, p0: float, alpha: float = ALPHA) -> float:
+    """Probability that k1 ~ Bin(n1, p1) vs k0 ~ Bin(n0, p0) gives Fisher p < alpha with k1/n1 > k0/n0."""
+    if n1 <= 0 or n0 <= 0:
+        return 0.0
+    lf = _log_factorials(max(n1, n0))
+    k1, k0 = np.arange(n1 + 1)[:, None], np.arange(n0 + 1)[None, :]
+    hit = fisher_rejects(n1, n0, alpha) & (k1 * n0 > k0 * n1)
+    return float(_binom_pmf(n1, p1, lf) @ hit @ _binom_pmf(n0, p0, lf))
+
+
+def mdd(n1: int, n0: int, base_rate: float, alpha: float = ALPHA, power: float = POWER,
+        tol: float = 1e-4) -> float | None:
+    """Minimum detectable difference: the smallest rise d such that a model at ``base_rate + d``
+    (n1 answers) beats one at ``base_rate`` (n0 answers) in a two-sided Fisher test at ``alpha`` with
+    probability >= ``power``. None when no rise up to a rate of 100 % is detectable (or n is 0).
+    """
+    if n1 <= 0 or n0 <= 0 or not 0 <= base_rate < 1:
+        return None
+    if power_rise(n1, n0, 1.0, base_rate, alpha) < power:
+        return None
+    lo, hi = base_rate, 1.0  # power(lo) < target <= power(hi); power rises with the rate
+    while hi - lo > tol:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if power_rise(n1, n0, mid, base_rate, alpha) >= power else (mid, hi)
+    return hi - base_rate
+
+
+def samples_needed(base_rate: float, rise: float, alpha: float = ALPHA, power: float = POWER,
+                   n_max: int = 2000) -> int | None:
+    """Answers per arm (equal arms) for the Fisher test to detect ``base_rate`` -> ``base_rate + rise``
+    with ``power``; None beyond ``n_max``. Found by doubling then bisection: exact tests' power
+    saw-tooths slightly with n, so a few n just below the answer may also reach the target."""
+    p1 = base_rate + rise
+    if rise <= 0 or not 0 <= base_rate < 1 or p1 > 1:
+        return None
+
+    def ok(n: int) -> bool:
+        return power_rise(n, n, p1, base_rate, alpha) >= power
+
+    hi = 2
+    while not ok(hi):
+        if hi >= n_max:
+            return None
+        hi = min(2 * hi, n_max)
+    lo = hi // 2  # not ok (or 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
 
 
 def _ranks(x: Sequence[float]) -> list[float]:
