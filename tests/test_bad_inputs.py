@@ -183,6 +183,23 @@ CASES: list[tuple[str, Callable[[Path], list[str]], tuple[str, ...]]] = [
     ("recipe-samples-bool", lambda s: ["run", str(_recipe(s, **{"samples: 1, judge": "samples: true, judge"})),
                                        "--dry-run", "--out", "run"], ("eval.samples", "true")),
     ("recipe-missing", lambda s: ["run", "no-such-recipe.yaml", "--out", "run"], ("no recipe",)),
+    # --dry-run (and the start of a run) checks what it can before hours of work
+    ("dry-run-sae-layer", lambda s: ["run", str(_recipe(s, **{"layer: 1": "layer: 7"})), "--dry-run", "--out", "run"],
+     ("sae.layer 7", "0..1")),
+    ("dry-run-k-too-large", lambda s: ["run", str(_recipe(s, **{"k: 4": "k: 100"})), "--dry-run", "--out", "run"],
+     ("sae.train.k = 100", "64")),
+    ("dry-run-unknown-judge", lambda s: ["run", str(_recipe(s, **{"judge: embedded": "judge: oracle"})), "--dry-run",
+                                         "--out", "run"], ("unknown judge 'oracle'",)),
+    ("dry-run-missing-model", lambda s: ["run", str(_recipe(s, model="./gone")), "--dry-run", "--out", "run"],
+     ("does not exist", "gone")),
+    ("dry-run-missing-questions", lambda s: ["run", str(_recipe(s, **{"questions: broad": "questions: gone.yaml"})),
+                                             "--dry-run", "--out", "run"], ("no question file", "gone.yaml")),
+    ("dry-run-missing-data", lambda s: ["run", str(_recipe(s, **{"wrong: health_incorrect_subtle": "wrong: w.jsonl"})),
+                                        "--dry-run", "--out", "run"], ("health].wrong", "w.jsonl")),
+    ("dry-run-all-problems-at-once", lambda s: ["run", str(_recipe(s, **{"layer: 1": "layer: 7", "k: 4": "k: 100"})),
+                                                "--dry-run", "--out", "run"], ("2 problem(s)", "sae.layer", "k = 100")),
+    ("run-checks-before-work", lambda s: ["run", str(_recipe(s, **{"layer: 1": "layer: 7"})), "--out", "run"],
+     ("sae.layer 7",)),
     ("report-corrupt-stage", _corrupt_stage, ("baseline.json", "--from baseline")),
     ("report-not-a-run", lambda s: ["report", "."], ("no pipeline results",)),
 ]
@@ -196,6 +213,7 @@ def test_bad_input_is_one_line_exit_2(sandbox, capsys, monkeypatch, name, setup,
     code, out, err = run_cli(args, sandbox, capsys, monkeypatch)
     lines = error_lines(err)
     assert code == 2, (code, out, err)
+    assert not (sandbox / "run" / "manifest.json").exists() or name.startswith("report"), "work started"
     assert "Traceback" not in err + out
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     for w in words:
@@ -259,3 +277,10 @@ def test_real_terminal_sees_one_line(sandbox):
                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "40"})
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert error_lines(res.stderr) == [error_lines(res.stderr)[0]] and "bad.jsonl:2" in res.stderr
+
+
+def test_dry_run_prints_the_folder_it_would_use(sandbox, capsys, monkeypatch):
+    code, out, err = run_cli(["run", str(_recipe(sandbox)), "--dry-run", "--out", "elsewhere"], sandbox, capsys,
+                             monkeypatch)
+    assert code == 0, err
+    assert "run folder elsewhere" in err and "runs/r" not in err and not (sandbox / "elsewhere").exists()

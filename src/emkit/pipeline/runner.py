@@ -146,9 +146,78 @@ def _manifest(run_dir: Path | None) -> dict[str, Any]:
         return {}
 
 
-def format_plan(items: list[PlanItem], recipe: Recipe) -> str:
+def _layer_count(model_path: str) -> int | None:
+    """Decoder layers from a local model folder's config.json (None when unknown, e.g. a Hub id)."""
+    cfg = Path(model_path) / "config.json"
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    data = data.get("text_config", data) if isinstance(data, dict) else {}
+    return next((data[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if isinstance(data.get(k), int)), None)
+
+
+def _data_problem(spec: str | None, what: str) -> str | None:
+    from emkit.data import builtin
+
+    if spec is None or builtin.is_builtin(str(spec)):
+        return None
+    path = Path(str(spec).split("!", 1)[0]).expanduser()
+    return None if path.is_file() else f"{what}: no data set named or at {spec!r}"
+
+
+def check_recipe(recipe: Recipe, stages_run: set[str] | None = None) -> None:
+    """What can be checked before hours of work: the model, device, data and question files, the judge,
+    the SAE's layer and size. All problems are reported at once, in one line."""
+    from emkit.judge.base import JUDGE_KINDS
+    from emkit.models.load import resolve_device, resolve_spec
+
+    def wanted(stage: str) -> bool:
+        return stage not in recipe.skip and (stages_run is None or stage in stages_run)
+
+    problems: list[str] = []
+
+    def attempt(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except EmkitError as e:
+            problems.append(str(e))
+            return None
+
+    model_path = attempt(lambda: resolve_spec(recipe.model))
+    attempt(lambda: resolve_device(recipe.device, recipe.dtype))
+    for d in recipe.data.domains:
+        for key in ("wrong", "right", "check"):
+            problems.append(_data_problem(getattr(d, key), f"data.domains[{d.name}].{key}") or "")
+    problems.append(_data_problem(recipe.data.benign, "data.benign") or "")
+    from emkit.data import load_questions
+
+    attempt(lambda: load_questions(recipe.eval.questions))
+    kind, _, target = recipe.eval.judge.strip().partition(":")
+    if kind.lower() not in JUDGE_KINDS:
+        problems.append(f"eval.judge: unknown judge {recipe.eval.judge!r} (use embedded, api:MODEL, "
+                        "api-rubric:MODEL, local:MODEL or local-rubric:MODEL)")
+    elif kind.lower() != "embedded" and not target.strip():
+        problems.append(f"eval.judge {recipe.eval.judge!r} names no model")
+    s = recipe.sae
+    if wanted("sae"):
+        if s.path:
+            if not (Path(s.path).expanduser() / "cfg.json").is_file():
+                problems.append(f"sae.path: no SAE folder (cfg.json) at {s.path}")
+        elif not 1 <= s.train.k <= s.train.num_latents:
+            problems.append(f"sae.train.k = {s.train.k} must be between 1 and num_latents ({s.train.num_latents})")
+        n = _layer_count(model_path) if model_path else None
+        if s.layer is not None and (s.layer < 0 or (n is not None and s.layer >= n)):
+            problems.append(f"sae.layer {s.layer} is out of range" + (f" (the model has layers 0..{n - 1})" if n else ""))
+    problems = [p for p in problems if p]
+    if problems:
+        raise EmkitError(f"the recipe {recipe.name!r} has {len(problems)} problem(s): " + "; ".join(problems),
+                         hint="fix them in the recipe; `emkit run RECIPE --dry-run` checks again without running")
+
+
+def format_plan(items: list[PlanItem], recipe: Recipe, run_dir: Path | None = None) -> str:
     lines = [f"recipe {recipe.name!r}: model {recipe.model}, {len(recipe.models())} fine-tunes "
-             f"({', '.join(m.label for m in recipe.models())}), run folder {recipe.out_dir}"]
+             f"({', '.join(m.label for m in recipe.models())}), run folder {run_dir or recipe.out_dir}"]
     total = 0.0
     for i, it in enumerate(items, 1):
         mark = {"run": "run ", "done": "done", "skip": "skip", "-": "  - "}.get(it.status, it.status)
@@ -195,7 +264,9 @@ def run_pipeline(recipe: Recipe, *, only: str | None = None, start: str | None =
     stages = stages or STAGES
     run_dir = Path(out) if out is not None else recipe.out_dir
     items = plan(recipe, run_dir, only=only, start=start, stages=stages)
-    console.print(format_plan(items, recipe), highlight=False, markup=False, soft_wrap=True)
+    if stages is STAGES:  # custom stage lists (tests) bring their own inputs
+        check_recipe(recipe, {it.stage.name for it in items if it.status == "run"})
+    console.print(format_plan(items, recipe, run_dir), highlight=False, markup=False, soft_wrap=True)
     if dry_run:
         return run_dir
     if only is not None:
@@ -241,5 +312,5 @@ def run_pipeline(recipe: Recipe, *, only: str | None = None, start: str | None =
     return run.path
 
 
-__all__ = ["STAGE_NAMES", "PlanItem", "Stage", "fmt_seconds", "format_plan", "plan", "read_result", "run_pipeline",
+__all__ = ["STAGE_NAMES", "PlanItem", "Stage", "check_recipe", "fmt_seconds", "format_plan", "plan", "read_result", "run_pipeline",
            "stage_hashes", "write_result"]
