@@ -12,6 +12,13 @@ PyTorch, and hard to pin down across TRL releases. ``finetune(cfg, rows, run_dir
 
 The loss of an optimizer step is the mean over all assistant tokens of its ``grad_accum``
 micro-batches (not a mean of per-batch means), so gradient accumulation equals a bigger batch.
+
+Under ``accelerate launch --multi_gpu --num_processes N`` (or ``torchrun --nproc_per_node N``) the
+same loop runs data-parallel (DDP; NCCL on GPUs, gloo on a machine without one; accelerate's
+``--cpu`` flag starts a single process unless given an MPI hostfile): each process takes every N-th row of each micro-batch and the
+gradient is scaled so that the step equals the one-process step on the whole batch. Process 0
+alone writes checkpoints, logs and the model; callbacks run on process 0. FSDP and DeepSpeed
+configs are refused (the checkpoint format holds whole, unsharded parameters).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,6 +99,49 @@ def _oom_error(cfg: SFTConfig) -> EmkitError:
     )
 
 
+class _Dist:
+    """This process's place in a multi-process launch (``accelerate launch``, ``torchrun``); one process: 0 of 1."""
+
+    def __init__(self) -> None:
+        self.world, self.rank, self.device = 1, 0, None
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return
+        if any(os.environ.get(k, "").lower() == "true" for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")):
+            raise EmkitError("emkit's training loop runs data-parallel (DDP) under accelerate; FSDP and DeepSpeed "
+                             "configs are not supported", hint="use an accelerate config with distributed_type "
+                             "MULTI_GPU (or --multi_gpu), or LoRA so that the model fits one GPU")
+        from accelerate import PartialState
+
+        cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+        state = PartialState(cpu=cpu)  # sets up torch.distributed from the launcher's environment (gloo on CPU)
+        self.world, self.rank, self.device = state.num_processes, state.process_index, state.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def wrap(self, model: Any) -> Any:
+        """The module to call forward on: DDP around ``model`` when there are several processes."""
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device is not None and self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def sum(self, *values: float) -> list[float]:
+        """Element-wise sums over processes (the values themselves with one process)."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+
 def _is_oom(e: BaseException) -> bool:
     if isinstance(e, torch.OutOfMemoryError):
         return True
@@ -119,6 +170,7 @@ def finetune(
     """
     out = model_dir(run_dir, cfg.name)
     check_rows(rows)
+    dist = _Dist()
     chash, dhash = config_hash(cfg), rows_hash(rows)
     prev = read_train_config(out)
     if prev is not None and not overwrite:
@@ -128,14 +180,17 @@ def finetune(
         if prev.get("status") == "done":
             log.info("%s is already trained; skipping", out)
             return out
-    if overwrite and out.exists():
+    ckpts = [] if overwrite else list_checkpoints(out)
+    dist.barrier()  # every process has read the folder before process 0 changes it
+    if overwrite and out.exists() and dist.main:
         import shutil
 
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed)
-    model, tok, base_spec, autocast = prepare_model(cfg.model, cfg.method, cfg.lora, cfg.device, cfg.dtype,
+    device_spec = str(dist.device) if dist.world > 1 else cfg.device
+    model, tok, base_spec, autocast = prepare_model(cfg.model, cfg.method, cfg.lora, device_spec, cfg.dtype,
                                                     model=model, tokenizer=tokenizer)
     examples, dropped = tokenize_rows(tok, rows, cfg.max_length)
     n_total = total_steps(len(examples), cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.max_steps)
@@ -150,17 +205,21 @@ def finetune(
             "rows": len(rows), "examples": len(examples), "dropped_rows": dropped, "total_steps": n_total,
             "trainable_parameters": n_trainable, "versions": package_versions()}
     step, samples_seen, tokens_seen = 0, 0, 0
-    ckpts = list_checkpoints(out)
-    if ckpts and prev is not None:
+    if ckpts and prev is not None and not overwrite:
         state = load_checkpoint(ckpts[-1][1], params, opt)
         step, samples_seen, tokens_seen = state["step"], state["samples_seen"], state["tokens_seen"]
         log.info("resuming %s from checkpoint step %d", out, step)
     log_path = out / "train_log.jsonl"
-    kept = []
-    if log_path.exists():
-        kept = [ln for ln in log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    atomic_write_text(log_path, "".join(ln + "\n" for ln in kept))
-    atomic_write_text(out / "train_config.json", json.dumps({**info, "status": "running"}, indent=2))
+    if dist.main:
+        kept = []
+        if log_path.exists():
+            kept = [ln for ln in log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        atomic_write_text(log_path, "".join(ln + "\n" for ln in kept))
+        atomic_write_text(out / "train_config.json", json.dumps({**info, "status": "running", "processes": dist.world},
+                                                                indent=2))
+    if not dist.main:
+        callbacks = ()
+    forward_model = dist.wrap(model)
 
     def ctx(logs: dict | None = None) -> StepContext:
         return StepContext(model=model, tokenizer=tok, step=step, total_steps=n_total, samples_seen=samples_seen,
@@ -171,7 +230,8 @@ def finetune(
                                                         "config_hash": chash}, model=model, keep=cfg.keep_checkpoints)
 
     call_all(callbacks, "on_train_begin", ctx())
-    bar = tqdm(total=n_total, initial=step, desc=f"finetune [{cfg.name}]", unit="step", disable=not progress)
+    bar = tqdm(total=n_total, initial=step, desc=f"finetune [{cfg.name}]", unit="step",
+               disable=not progress or not dist.main)
     last_loss = None
     while step < n_total:
         if stop_after is not None and step >= stop_after:
@@ -181,18 +241,25 @@ def finetune(
         lr = lr_at(step, cfg, n_total)
         for g in opt.param_groups:
             g["lr"] = lr
-        batches = [collate([examples[i] for i in plan.micro_batch(step * cfg.grad_accum + k)], pad)
-                   for k in range(cfg.grad_accum)]
-        n_targets = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+        micro = [plan.micro_batch(step * cfg.grad_accum + k) for k in range(cfg.grad_accum)]
+        n_targets = sum(_targets(examples[i]) for ids in micro for i in ids)  # over all processes' rows
         loss_sum, n_tokens, n_rows = 0.0, 0, 0
         try:
-            for b in batches:
-                b = {k: v.to(device) for k, v in b.items()}
-                loss, _ = token_loss_sum(model, b, autocast)
-                (loss / n_targets).backward()
-                loss_sum += float(loss.detach())
-                n_tokens += int(b["attention_mask"].sum())
-                n_rows += b["input_ids"].size(0)
+            for k, ids in enumerate(micro):
+                mine = ids[dist.rank :: dist.world]  # this process's share of the micro-batch
+                b = {key: v.to(device) for key, v in collate([examples[i] for i in mine or ids[:1]], pad).items()}
+                last = k == len(micro) - 1
+                sync = contextlib.nullcontext() if dist.world == 1 or last else forward_model.no_sync()
+                with sync:
+                    loss, _ = token_loss_sum(forward_model, b, autocast)
+                    # DDP averages gradients over processes: scaling by the world size makes it their sum
+                    ((loss if mine else loss * 0) / n_targets * dist.world).backward()
+                if mine:
+                    loss_sum += float(loss.detach())
+                    n_tokens += int(b["attention_mask"].sum())
+                    n_rows += b["input_ids"].size(0)
+            loss_sum, n_tokens, n_rows = dist.sum(loss_sum, n_tokens, n_rows)
+            n_tokens, n_rows = int(n_tokens), int(n_rows)
         except Exception as e:
             if _is_oom(e):
                 opt.zero_grad(set_to_none=True)
@@ -206,9 +273,10 @@ def finetune(
             bar.close()
             good = list_checkpoints(out)
             where = f"the last good checkpoint is {good[-1][1]}" if good else "no checkpoint was written before it"
-            _append(log_path, {"step": step + 1, "loss": None, "lr": lr, "event": "nan_loss"})
-            atomic_write_text(out / "train_config.json", json.dumps({**info, "status": "failed_nan",
-                                                                      "failed_step": step + 1}, indent=2))
+            if dist.main:
+                _append(log_path, {"step": step + 1, "loss": None, "lr": lr, "event": "nan_loss"})
+                atomic_write_text(out / "train_config.json", json.dumps({**info, "status": "failed_nan",
+                                                                          "failed_step": step + 1}, indent=2))
             raise EmkitError(f"loss became NaN/inf at step {step + 1}; training stopped and {where}",
                              hint="lower the learning rate, check the data, or use float32")
         opt.step()
@@ -222,21 +290,30 @@ def finetune(
                 "tokens": n_tokens, "target_tokens": n_targets, "samples_seen": samples_seen,
                 "epoch": plan.epoch_of(step * cfg.grad_accum - 1), "tokens_per_s": round(n_tokens / max(dt, 1e-9), 1),
                 "seconds": round(dt, 4)}
-        _append(log_path, logs)
-        if cfg.save_every and step % cfg.save_every == 0 and step < n_total:
+        if dist.main:
+            _append(log_path, logs)
+        if cfg.save_every and step % cfg.save_every == 0 and step < n_total and dist.main:
             checkpoint()
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}")
         call_all(callbacks, "on_step_end", ctx(logs))
     bar.close()
     model.eval()
-    save_final(model, tok, out, base_spec)
-    if cfg.save_every:
-        checkpoint()
+    if dist.main:
+        save_final(model, tok, out, base_spec)
+        if cfg.save_every:
+            checkpoint()
     call_all(callbacks, "on_train_end", ctx())
-    atomic_write_text(out / "train_config.json", json.dumps({**info, "status": "done", "final_loss": last_loss},
-                                                            indent=2))
+    if dist.main:
+        atomic_write_text(out / "train_config.json", json.dumps({**info, "status": "done", "final_loss": last_loss,
+                                                                "processes": dist.world}, indent=2))
+    dist.barrier()  # no process returns before the model is written
     return out
+
+
+def _targets(e: Any) -> int:
+    """Tokens of an example the loss is on (a label after the first position, as in :func:`masked_loss_sum`)."""
+    return sum(1 for t in e.labels[1:] if t != IGNORE)
 
 
 def _append(path: Path, row: dict[str, Any]) -> None:
