@@ -94,13 +94,26 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Random seed."),
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
         dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16."),
+        export_blind: int = typer.Option(None, "--export-blind", metavar="N",
+                                         help="Write N shuffled stored answers of --out, without model names, for "
+                                         "people to score (RUN/blind/); --label a,b picks models. Nothing is sampled."),
+        import_blind: Path = typer.Option(None, "--import-blind", metavar="FILE",
+                                          help="Read people's scores of an export and print their rates beside the "
+                                          "judge's on the same answers."),
     ) -> None:
         """Answer questions, judge the answers, and print misalignment per question and overall with 95% CIs.
 
         Example: emkit eval --model smollm2-135m-instruct --questions broad --judge embedded --samples 2 --out runs/ev
 
         Through vLLM: emkit eval --backend server --base-url http://localhost:8000/v1 --model base --out runs/ev
+
+        Audit by reading: emkit eval --out runs/ev --export-blind 100, then --import-blind scores.jsonl
         """
+        if export_blind is not None or import_blind is not None:
+            from emkit.blind import blind_cli  # stored answers only: no model, no judge
+
+            return blind_cli(out_dir, export_n=export_blind, import_file=import_blind, labels=label, seed=seed,
+                             console=out)
         from emkit.cli import say
         from emkit.cli.generate import sampling_options
         from emkit.cli.judge import judge_options
