@@ -163,7 +163,9 @@ def backend_note(e: Any) -> str:
 # ---------------------------------------------------------------------------------------------- stages
 def stage_baseline(ctx: Context) -> dict[str, Any]:
     rec = evaluate_model(ctx, BASE, ctx.recipe.data.domains)
-    return {"model": ctx.recipe.model, "eval": rec, "settings": eval_settings(ctx)}
+    from emkit.blind import judge_trust
+
+    return {"model": ctx.recipe.model, "eval": rec, "settings": eval_settings(ctx), "judge_trust": judge_trust(ctx.judge)}
 
 
 def _loss_curve(folder: Any, max_points: int = 200) -> list[list[float]]:
