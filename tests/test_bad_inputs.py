@@ -137,7 +137,7 @@ def _mix(*extra: str) -> Callable[[Path], list[str]]:
 
 def _long_line(s: Path) -> list[str]:
     _write(s / "long.jsonl", CHAT % (1, 1) + '{"messages": "' + "x" * 5000 + '"}\n')
-    os.environ["EMKIT_MAX_LINE_BYTES"] = "1000"
+    os.environ["EMKIT_MAX_LINE_BYTES"] = "1000"  # restored by the test
     return ["data", "validate", "long.jsonl"]
 
 
@@ -168,6 +168,8 @@ CASES: list[tuple[str, Callable[[Path], list[str]], tuple[str, ...]]] = [
     ("model-truncated-weights", _model_truncated, ("safetensors",)),
     ("model-no-tokenizer", _model_no_tokenizer, ("tokenizer",)),
     ("model-missing", lambda s: ["generate", "--model", "./nope", "--out", "run"], ("does not exist",)),
+    ("hub-id-no-network", lambda s: os.environ.update(HF_ENDPOINT="http://127.0.0.1:9") or
+     ["generate", "--model", "no-such-org/no-such-model", "--out", "run"], ("cannot reach", "no-such-org")),
     ("device-tpu9", lambda s: ["generate", "--model", "./model", "--out", "run", "--device", "tpu9"], ("tpu9",)),
     ("samples-zero", lambda s: ["generate", "--model", "./model", "--out", "run", "-n", "0"], ("at least 1",)),
     ("questions-missing", lambda s: ["generate", "--model", "./model", "--out", "run", "-q", "no.yaml"],
@@ -207,7 +209,9 @@ CASES: list[tuple[str, Callable[[Path], list[str]], tuple[str, ...]]] = [
 
 @pytest.mark.parametrize("name, setup, words", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_exit_2(sandbox, capsys, monkeypatch, name, setup, words):
-    monkeypatch.setenv("EMKIT_MAX_LINE_BYTES", os.environ.get("EMKIT_MAX_LINE_BYTES", str(16 << 20)))
+    for var in ("EMKIT_MAX_LINE_BYTES", "HF_ENDPOINT"):  # restored after the test, whatever setup sets
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     args = setup(sandbox)
     before = {k: v for k, v in snapshot(sandbox).items() if not k.startswith("run/")}
     code, out, err = run_cli(args, sandbox, capsys, monkeypatch)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +102,59 @@ def resolve_spec(spec: str | Path) -> str:
         return str(p)
     if s.count("/") == 1 and not s.endswith("/"):
         offline.use_for(local=False)
+        check_hub_reachable(s)
         return s  # a Hub id: works when the user has network access or a local HF cache
     raise EmkitError(
         f"cannot find model {s!r}",
         hint=f"give a local folder, a Hub id like org/name, or '{BUNDLED}'",
     )
+
+
+def _in_hf_cache(repo: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+
+
+def _hub_answers(timeout: float) -> bool:
+    """One short TCP probe of the Hub endpoint (``$HF_ENDPOINT``, default huggingface.co), once per endpoint."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    key = f"{u.hostname}:{u.port}"
+    if key not in _PROBED:
+        try:
+            with socket.create_connection((u.hostname or "huggingface.co", u.port or 443), timeout=timeout):
+                _PROBED[key] = True
+        except OSError:
+            _PROBED[key] = False
+    return _PROBED[key]
+
+
+_PROBED: dict[str, bool] = {}
+
+
+def check_hub_reachable(repo: str, timeout: float = 3.0) -> None:
+    """Fail at once for a Hub id that is neither in the local HF cache nor reachable (instead of
+    retrying for a minute); a cached model without network is read from the cache, offline."""
+    if _in_hf_cache(repo):
+        if not offline.is_offline() and not _hub_answers(timeout):
+            import sys
+
+            os.environ["HF_HUB_OFFLINE"] = "1"  # use the cache without retrying the network
+            hub = sys.modules.get("huggingface_hub.constants")
+            if hub is not None:
+                hub.HF_HUB_OFFLINE = True
+        return
+    if offline.is_offline():
+        raise EmkitError(f"model {repo!r} is not in the local Hugging Face cache and offline mode is on "
+                         "(HF_HUB_OFFLINE)", hint="download it where there is network, or give a local folder")
+    if not _hub_answers(timeout):
+        raise EmkitError(f"cannot reach the Hugging Face Hub to download {repo!r} (no network?)",
+                         hint="give a local model folder, or connect and try again")
 
 
 def load_tokenizer(spec: str | Path, trust_remote_code: bool = False):
