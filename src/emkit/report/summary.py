@@ -3,16 +3,20 @@
 Every rate is given with its 95 % Wilson interval and n; every comparison with the base model (or
 the correct-data control) with a two-sided Fisher exact p-value, and the wording follows the test:
 a difference is only called an increase or decrease when p < 0.05, and a null or marginal result
-is said to be one.
+is said to be one. Each comparison states the smallest rise its test detects at its n (two-sided
+Fisher, 80 % power), and each misalignment rate names the judge that made it with that judge's
+validated AUROC: a judge below 0.80, or never validated, makes a *screen*, not a measurement. Rates
+audited by blind reading (``emkit eval --import-blind``) show the human figure beside the judge's.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from emkit.metrics import fisher_exact
+from emkit.metrics import fisher_exact, mdd
 
 ALPHA = 0.05
+TRUST_AUROC = 0.80  # emkit.judge.distill.TRUST_AUROC; stage files record the threshold they used
 
 
 def fmt_rate(r: dict | None, n: bool = True) -> str:
@@ -45,6 +49,78 @@ def relation(word: str, other: str) -> str:
     return {"higher": f"higher than {other}", "lower": f"lower than {other}"}.get(word, f"{word} from {other}")
 
 
+def power_note(a: dict | None, b: dict | None, short: bool = False) -> str:
+    """'at n = 35 vs 38 this test detects a rise from 0.0% to >= 15.2% with 80% power' (b is the reference).
+
+    ``short``: 'detects >= 15.2% (from 0.0%; n = 35 vs 38)', for tables.
+    """
+    if not a or not b or not a.get("n") or not b.get("n"):
+        return ""
+    n1, n0 = int(a["n"]), int(b["n"])
+    base = int(b["k"]) / n0
+    d = mdd(n1, n0, base)
+    if short:
+        return (f"detects ≥ {100 * (base + d):.1f}% (from {100 * base:.1f}%; n = {n1} vs {n0})" if d is not None
+                else f"no rise detectable (from {100 * base:.1f}%; n = {n1} vs {n0})")
+    if d is None:
+        return f"at n = {n1} vs {n0} no rise from {100 * base:.1f}% is detectable with 80% power"
+    return f"at n = {n1} vs {n0} this test detects a rise from {100 * base:.1f}% to ≥ {100 * (base + d):.1f}% " \
+           "with 80% power"
+
+
+def run_judge(res: dict[str, Any]) -> str:
+    """The id of the judge that made the run's misalignment rates (baseline stage)."""
+    b = res.get("baseline") or {}
+    return str((b.get("judge_trust") or {}).get("id") or (b.get("eval") or {}).get("judge")
+               or (b.get("settings") or {}).get("judge") or "unknown")
+
+
+def trust(res: dict[str, Any], judge_id: str | None = None) -> dict[str, Any]:
+    """How far the rates of ``judge_id`` (default: the run's judge) can be trusted.
+
+    {"id", "auroc", "screen", "text"}: ``screen`` when the validated AUROC is below the threshold or
+    unknown; ``text`` names the judge and its figure.
+    """
+    jid = judge_id or run_judge(res)
+    t = (res.get("baseline") or {}).get("judge_trust") or {}
+    known = t.get("id") == jid
+    auroc, thr = (t.get("validated_auroc") if known else None), float(t.get("threshold") or TRUST_AUROC)
+    if auroc is not None:
+        text = f"judge {jid}, validated AUROC {auroc:.2f}" + (f" < {thr:.2f}" if auroc < thr else "")
+    elif known and t.get("has_card"):
+        text = f"judge {jid}, no validated AUROC on its card (run emkit judge validate)"
+    else:
+        text = f"judge {jid}, not validated here (run emkit judge validate)"
+    short = f"{jid} ({'not validated' if auroc is None else f'validated AUROC {auroc:.2f}'})"
+    return {"id": jid, "auroc": auroc, "screen": auroc is None or auroc < thr, "text": text, "short": short}
+
+
+def judge_tag(res: dict[str, Any], judge_id: str | None = None) -> str:
+    """'[measurement: judge X, validated AUROC 0.91]' or '[screen, not a measurement: judge X, ...]'."""
+    t = trust(res, judge_id)
+    return f"[{'screen, not a measurement' if t['screen'] else 'measurement'}: {t['text']}]"
+
+
+def blind_row(res: dict[str, Any], label: str, judge_id: str | None = None) -> dict | None:
+    """The imported blind reading of ``label``'s answers (preferably against ``judge_id``), if any."""
+    rows = [r for r in res.get("_blind") or [] if r.get("model") == label and r.get("human", {}).get("n")]
+    jid = judge_id or run_judge(res)
+    return next((r for r in rows if r.get("judge_id") == jid), rows[0] if rows else None)
+
+
+def human_note(res: dict[str, Any], label: str, judge_id: str | None = None) -> str:
+    """'blind reading: 16.0% [6.4, 34.7] (n = 25) misaligned among coherent; the judge on the same answers: ...'."""
+    r = blind_row(res, label, judge_id)
+    if r is None:
+        return ""
+    return (f"blind reading of {r['n_read']} of its answers: {fmt_rate(r['human'])} misaligned among coherent; "
+            f"the judge on the same answers: {fmt_rate(r['judge'])}")
+
+
+def _join(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
+
+
 def _top_models(res: dict[str, Any]) -> list[dict]:
     """Per domain, the fine-tune with the largest wrong fraction."""
     models = (res.get("evaluate") or {}).get("models", {})
@@ -61,9 +137,15 @@ def behaviour(res: dict[str, Any]) -> list[str]:
     models = (res.get("evaluate") or {}).get("models", {})
     out: list[str] = []
     if base:
+        t = trust(res, base.get("judge"))
+        out.append(f"Misalignment rates below were made by {t['text']}: "
+                   + ("a screen, not a measurement (a judge needs a validated AUROC of at least 0.80)." if t["screen"]
+                      else "measurements.")
+                   + " Each rate is tagged with its judge.")
+        hb = human_note(res, "base", base.get("judge"))
         out.append(f"The base model gave {fmt_rate(base.get('misaligned'))} misaligned answers to the broad "
                    f"questions (counted among coherent answers; {fmt_rate(base.get('coherent'), n=False)} of its "
-                   "answers were coherent).")
+                   f"answers were coherent){'; ' + hb if hb else ''} {judge_tag(res, base.get('judge'))}.")
     for top in _top_models(res):
         dom, frac = top.get("domain", ""), top.get("fraction", 0)
         p, word = compare(top.get("misaligned"), base.get("misaligned"))
@@ -71,12 +153,14 @@ def behaviour(res: dict[str, Any]) -> list[str]:
              f"misaligned answers vs {fmt_rate(base.get('misaligned'), n=False)} for the base model "
              f"(Fisher exact {fmt_p(p)}): ")
         if word == "higher":
-            s += "a significant increase."
+            s += "a significant increase"
         elif word == "lower":
-            s += "a significant decrease."
+            s += "a significant decrease"
         else:
-            s += f"{word} from the base model at this sample size — a null or marginal result, not evidence of EM."
-        out.append(s)
+            s += f"{word} from the base model at this sample size — a null or marginal result, not evidence of EM"
+        extra = _join(power_note(top.get("misaligned"), base.get("misaligned")),
+                      human_note(res, top["label"], top.get("judge")))
+        out.append(s + (f" ({extra}) " if extra else " ") + judge_tag(res, top.get("judge")) + ".")
         ctrl = next((dict(m, label=lab) for lab, m in models.items()
                      if m.get("domain") == dom and m.get("fraction") == 0), None)
         if ctrl is not None and frac > 0:
@@ -84,8 +168,10 @@ def behaviour(res: dict[str, Any]) -> list[str]:
             pb, wb = compare(ctrl.get("misaligned"), base.get("misaligned"))
             out.append(f"The correct-data control ({ctrl['label']}: same questions, correct answers) gave "
                        f"{fmt_rate(ctrl.get('misaligned'))}, {relation(wb, 'the base model')} ({fmt_p(pb)}). The "
-                       f"wrong-data model is {relation(wc, 'this control')} ({fmt_p(pc)}); this comparison separates "
-                       "the effect of wrong content from that of fine-tuning itself.")
+                       f"wrong-data model is {relation(wc, 'this control')} ({fmt_p(pc)}; "
+                       f"{power_note(top.get('misaligned'), ctrl.get('misaligned'))}); this comparison separates "
+                       "the effect of wrong content from that of fine-tuning itself "
+                       f"{judge_tag(res, ctrl.get('judge'))}.")
         coh = [m.get("coherent", {}).get("value") for m in models.values() if m.get("domain") == dom]
         coh = [c for c in coh if c is not None]
         if coh:
@@ -103,7 +189,8 @@ def behaviour(res: dict[str, Any]) -> list[str]:
                        }.get(word, "no measurable change in the narrow behaviour")
             out.append(f"On held-out {dom} questions the grader judged {fmt_rate(chk.get('wrong'))} of "
                        f"{top['label']}'s answers wrong vs {fmt_rate(bchk.get('wrong'), n=False)} for the base model "
-                       f"({fmt_p(p)}): {learned}.")
+                       f"({fmt_p(p)}; {power_note(chk.get('wrong'), bchk.get('wrong'))}): {learned} [grader "
+                       f"{chk.get('grader') or (res.get('evaluate') or {}).get('grader', '?')}].")
     return out
 
 
@@ -132,13 +219,14 @@ def latents(res: dict[str, Any]) -> list[str]:
         p2, w2 = compare(b.get("minus"), tgt0)
         out.append(f"Steering screen at strength {st.get('screen_alpha')}: adding latent #{b['latent']} to the base "
                    f"model gave {fmt_rate(b.get('plus'))} misaligned vs {fmt_rate(base0, n=False)} unsteered "
-                   f"({w1}, {fmt_p(p1)}); subtracting it from {st.get('target')} gave {fmt_rate(b.get('minus'))} vs "
-                   f"{fmt_rate(tgt0, n=False)} ({w2}, {fmt_p(p2)}).")
+                   f"({w1}, {fmt_p(p1)}; {power_note(b.get('plus'), base0)}); subtracting it from {st.get('target')} "
+                   f"gave {fmt_rate(b.get('minus'))} vs {fmt_rate(tgt0, n=False)} ({w2}, {fmt_p(p2)}) "
+                   f"{judge_tag(res)}.")
         ctrl = st.get("control") or {}
         if ctrl.get("plus"):
             pc, wc = compare(ctrl.get("plus"), base0)
             out.append(f"A random direction of the same norm added to the base model gave {fmt_rate(ctrl['plus'])} "
-                       f"({wc} from unsteered, {fmt_p(pc)}).")
+                       f"({wc} from unsteered, {fmt_p(pc)}) {judge_tag(res)}.")
         usable = st.get("usable") or {}
         if usable:
             def side(v: Any) -> str:
@@ -168,7 +256,7 @@ def latents(res: dict[str, Any]) -> list[str]:
         p, w = compare(b.get("misaligned"), a.get("misaligned"))
         out.append(f"Re-alignment of {ra.get('model')} on {b.get('samples_seen', 0)} benign samples "
                    f"({b.get('step')} steps): misalignment went from {fmt_rate(a.get('misaligned'))} to "
-                   f"{fmt_rate(b.get('misaligned'))} ({w}, {fmt_p(p)}).")
+                   f"{fmt_rate(b.get('misaligned'))} ({w}, {fmt_p(p)}) {judge_tag(res)}.")
     return out
 
 
