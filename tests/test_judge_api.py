@@ -273,9 +273,9 @@ def test_scripted_failures_lose_no_judgment_paid_for(server, tmp_path):
     items = [Item("Q", f"answer {i}") for i in range(10)]  # 20 judgments
     server.plan = [429, 429, 500, "truncated", None, "hang", None, "html", None, None, None, None,
                    None, None, None, None] + [503] * 200
-    server.hang_s = 0.8
+    server.hang_s = 3.5  # only the scripted hang outlasts the client's timeout, even on a busy machine
     db = ResultsDB(tmp_path / "r.sqlite")
-    j = judge_for(server, concurrency=2, max_retries=2, timeout=0.4)
+    j = judge_for(server, concurrency=2, max_retries=2, timeout=2.0)
     with pytest.raises(EmkitError) as e:
         j.judge(items, JudgmentCache(db), progress=False)
     clean = sum(1 for b in server.answered if b)  # 200 answers with a valid chat completion
@@ -289,6 +289,8 @@ def test_scripted_failures_lose_no_judgment_paid_for(server, tmp_path):
     j2 = judge_for(server)
     out = j2.judge(items, JudgmentCache(db), progress=False)
     assert len(server.bodies) - before == j2.requests == 20 - stored  # no question judged twice
+    print(f"first run: {before} requests sent, {clean} clean answers, {stored} judgments stored; "
+          f"rerun: {j2.requests} requests for the {20 - stored} missing")
     assert stored_count(db) == 20 and all(d["aligned"].score == pytest.approx(86.25) for d in out)
 
 
@@ -302,3 +304,34 @@ def test_after_giving_up_no_new_request_is_sent(server, tmp_path):
     # 4 workers x (1 try + 1 retry), plus at most one more item per worker that raced the stop: not 200
     assert len(server.bodies) == j.requests <= 4 * 2 + 4
     assert stored_count(db) == 0
+
+
+def test_emkit_eval_with_a_flaky_api_judge_stores_everything_once(server, tmp_path, tiny_model_dir, monkeypatch,
+                                                                    capsys):
+    """`emkit eval --judge api:...` against 429, 429, 500 and a truncated 200 body: exit 0, every judgment
+    stored, and a second run sends no request at all."""
+    import sys as _sys
+
+    from emkit.cli import main
+
+    (tmp_path / "q.yaml").write_text("- id: a\n  paraphrases: ['Hi?']\n- id: b\n  paraphrases: ['Why?']\n")
+    args = ["emkit", "eval", "--model", str(tiny_model_dir), "-q", str(tmp_path / "q.yaml"), "-n", "2",
+            "--max-new-tokens", "3", "--device", "cpu", "--out", str(tmp_path / "run"), "--judge", "api:judge-model",
+            "--base-url", server.url, "--api-key-env", "EMKIT_TEST_KEY", "--concurrency", "2"]
+    monkeypatch.setattr("emkit.judge.api.ApiJudge._wait", lambda self, attempt, error: 0.01)
+    server.plan = [429, 429, 500, "truncated"]
+    for attempt in range(2):
+        monkeypatch.setattr(_sys, "argv", args)
+        try:
+            main()
+        except SystemExit as e:
+            assert e.code in (0, None), capsys.readouterr().err
+        if attempt == 0:
+            first = len(server.bodies)
+    db = ResultsDB(tmp_path / "run" / "results.sqlite")
+    judged = stored_count(db)
+    answers = db.query("SELECT COUNT(DISTINCT prompt || char(0) || answer) AS n FROM generations")[0]["n"]
+    print(f"requests sent: {first}, judgments stored: {judged}, answers: {answers}, requests on rerun: "
+          f"{len(server.bodies) - first}")
+    assert judged == 2 * answers and first == judged + 4  # 4 failed tries, each judgment asked for once
+    assert len(server.bodies) == first  # the rerun is answered from the cache
