@@ -175,6 +175,9 @@ def test_comparisons_state_their_minimum_detectable_difference():
     d = mdd(35, 40, 0.0)
     assert f"at n = 35 vs 40 this test detects a rise from 0.0% to ≥ {100 * d:.1f}% with 80% power" in text
     assert power_note(rate(1, 3), rate(0, 2)) == "at n = 3 vs 2 no rise from 0.0% is detectable with 80% power"
+    fall = 0.2 - mdd(100, 100, 0.8)  # a fall in the misaligned share is a rise in the complementary share
+    assert power_note(rate(2, 100), rate(20, 100), fall=True).endswith(f"a fall from 20.0% to ≤ {100 * fall:.1f}% "
+                                                                       "with 80% power")
 
 
 def test_blind_reading_shows_beside_the_judge(tmp_path):

@@ -49,22 +49,25 @@ def relation(word: str, other: str) -> str:
     return {"higher": f"higher than {other}", "lower": f"lower than {other}"}.get(word, f"{word} from {other}")
 
 
-def power_note(a: dict | None, b: dict | None, short: bool = False) -> str:
-    """'at n = 35 vs 38 this test detects a rise from 0.0% to >= 15.2% with 80% power' (b is the reference).
+def power_note(a: dict | None, b: dict | None, short: bool = False, fall: bool = False) -> str:
+    """'at n = 35 vs 38 this test detects a rise from 0.0% to ≥ 15.2% with 80% power' (b is the reference).
 
-    ``short``: 'detects >= 15.2% (from 0.0%; n = 35 vs 38)', for tables.
+    ``fall``: the smallest detectable fall instead (a rise in the complementary share).
+    ``short``: 'detects ≥ 15.2% (from 0.0%; n = 35 vs 38)', for tables.
     """
     if not a or not b or not a.get("n") or not b.get("n"):
         return ""
     n1, n0 = int(a["n"]), int(b["n"])
     base = int(b["k"]) / n0
-    d = mdd(n1, n0, base)
+    d = mdd(n1, n0, 1 - base if fall else base)
+    word, sign = ("fall", "≤") if fall else ("rise", "≥")
+    to = None if d is None else (base - d if fall else base + d)
     if short:
-        return (f"detects ≥ {100 * (base + d):.1f}% (from {100 * base:.1f}%; n = {n1} vs {n0})" if d is not None
-                else f"no rise detectable (from {100 * base:.1f}%; n = {n1} vs {n0})")
-    if d is None:
-        return f"at n = {n1} vs {n0} no rise from {100 * base:.1f}% is detectable with 80% power"
-    return f"at n = {n1} vs {n0} this test detects a rise from {100 * base:.1f}% to ≥ {100 * (base + d):.1f}% " \
+        return (f"detects {sign} {100 * to:.1f}% (from {100 * base:.1f}%; n = {n1} vs {n0})" if to is not None
+                else f"no {word} detectable (from {100 * base:.1f}%; n = {n1} vs {n0})")
+    if to is None:
+        return f"at n = {n1} vs {n0} no {word} from {100 * base:.1f}% is detectable with 80% power"
+    return f"at n = {n1} vs {n0} this test detects a {word} from {100 * base:.1f}% to {sign} {100 * to:.1f}% " \
            "with 80% power"
 
 
@@ -167,7 +170,8 @@ def behaviour(res: dict[str, Any]) -> list[str]:
             pc, wc = compare(top.get("misaligned"), ctrl.get("misaligned"))
             pb, wb = compare(ctrl.get("misaligned"), base.get("misaligned"))
             out.append(f"The correct-data control ({ctrl['label']}: same questions, correct answers) gave "
-                       f"{fmt_rate(ctrl.get('misaligned'))}, {relation(wb, 'the base model')} ({fmt_p(pb)}). The "
+                       f"{fmt_rate(ctrl.get('misaligned'))}, {relation(wb, 'the base model')} ({fmt_p(pb)}; "
+                       f"{power_note(ctrl.get('misaligned'), base.get('misaligned'))}). The "
                        f"wrong-data model is {relation(wc, 'this control')} ({fmt_p(pc)}; "
                        f"{power_note(top.get('misaligned'), ctrl.get('misaligned'))}); this comparison separates "
                        "the effect of wrong content from that of fine-tuning itself "
@@ -220,13 +224,13 @@ def latents(res: dict[str, Any]) -> list[str]:
         out.append(f"Steering screen at strength {st.get('screen_alpha')}: adding latent #{b['latent']} to the base "
                    f"model gave {fmt_rate(b.get('plus'))} misaligned vs {fmt_rate(base0, n=False)} unsteered "
                    f"({w1}, {fmt_p(p1)}; {power_note(b.get('plus'), base0)}); subtracting it from {st.get('target')} "
-                   f"gave {fmt_rate(b.get('minus'))} vs {fmt_rate(tgt0, n=False)} ({w2}, {fmt_p(p2)}) "
-                   f"{judge_tag(res)}.")
+                   f"gave {fmt_rate(b.get('minus'))} vs {fmt_rate(tgt0, n=False)} ({w2}, {fmt_p(p2)}; "
+                   f"{power_note(b.get('minus'), tgt0, fall=True)}) {judge_tag(res)}.")
         ctrl = st.get("control") or {}
         if ctrl.get("plus"):
             pc, wc = compare(ctrl.get("plus"), base0)
             out.append(f"A random direction of the same norm added to the base model gave {fmt_rate(ctrl['plus'])} "
-                       f"({wc} from unsteered, {fmt_p(pc)}) {judge_tag(res)}.")
+                       f"({wc} from unsteered, {fmt_p(pc)}; {power_note(ctrl['plus'], base0)}) {judge_tag(res)}.")
         usable = st.get("usable") or {}
         if usable:
             def side(v: Any) -> str:
@@ -256,7 +260,8 @@ def latents(res: dict[str, Any]) -> list[str]:
         p, w = compare(b.get("misaligned"), a.get("misaligned"))
         out.append(f"Re-alignment of {ra.get('model')} on {b.get('samples_seen', 0)} benign samples "
                    f"({b.get('step')} steps): misalignment went from {fmt_rate(a.get('misaligned'))} to "
-                   f"{fmt_rate(b.get('misaligned'))} ({w}, {fmt_p(p)}) {judge_tag(res)}.")
+                   f"{fmt_rate(b.get('misaligned'))} ({w}, {fmt_p(p)}; "
+                   f"{power_note(b.get('misaligned'), a.get('misaligned'), fall=True)}) {judge_tag(res)}.")
     return out
 
 
