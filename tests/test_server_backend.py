@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class FakeServer:
         self.models = set(models)
         self.plan: list = []  # per request: an HTTP status, "malformed", "nochoices", or None (answer)
         self.log: list[dict] = []  # every request: {"model", "seed", "status", "content"}
+        self.delay = 0.0  # seconds before each answer
         self.lock = threading.Lock()
         server = self
 
@@ -58,6 +60,7 @@ class FakeServer:
                 elif action == "nochoices":
                     status, payload = "nochoices", {"object": "chat.completion", "choices": []}
                 else:
+                    time.sleep(server.delay)
                     status, payload = 200, server.completion(body, content)
                 with server.lock:  # logged before the reply leaves, so a client never sees an unlogged answer
                     server.log.append({"model": body.get("model"), "seed": body.get("seed"), "content": content,
@@ -208,6 +211,33 @@ def test_interrupted_generation_resumes_without_asking_twice(server, tmp_path, t
     hf_rows = answer_questions(run, model, tok, qs[:1], cfg, label="hf-model", samples=1, progress=False)
     assert hf_rows[0]["sampling_hash"] == rows[0]["sampling_hash"]
     assert answer_questions(run, model, tok, qs, cfg, label="base", samples=2, progress=False) == rows
+
+
+def test_ctrl_c_keeps_the_answers_in_flight(server, tmp_path, monkeypatch):
+    from emkit.data import load_questions
+
+    qs = load_questions(questions_file(tmp_path, 6))
+    cfg = SamplingConfig(max_new_tokens=8)
+    run = Run(tmp_path / "run")
+    server.delay = 0.3
+    insert, calls = run.db.insert, []
+
+    def interrupted(table, rows, replace=False):
+        n = insert(table, rows, replace)
+        calls.append(n)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # Ctrl-C while the first answer is being stored
+        return n
+
+    monkeypatch.setattr(run.db, "insert", interrupted)
+    m = ServerModel(server.url, "base", concurrency=3)
+    with pytest.raises(KeyboardInterrupt):
+        answer_questions(run, m, None, qs, cfg, label="base", samples=1, progress=False)
+    stored = len(run.db.query("SELECT * FROM generations"))
+    assert stored == len(server.ok()) == 3  # the first answer and the two in flight
+    monkeypatch.undo()
+    assert len(answer_questions(run, m, None, qs, cfg, label="base", samples=1, progress=False)) == 6
+    assert len(server.ok()) == 6
 
 
 # ---------------------------------------------------------------------------------------------- command line

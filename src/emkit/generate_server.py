@@ -77,7 +77,7 @@ class ServerModel:
 
     def __init__(self, base_url: str, model: str, *, api: str = "chat", tokenizer: Any = None,
                  api_key_env: str = KEY_ENV, concurrency: int = 32, timeout: float = 600.0,
-                 max_retries: int = 6, backoff: float = 1.0, send_seed: bool = True):
+                 max_retries: int = 6, backoff: float = 1.0, send_seed: bool = True, grace: float = 30.0):
         if api not in ("chat", "completions"):
             raise EmkitError(f"unknown server API {api!r}", hint="use chat or completions")
         if api == "completions" and tokenizer is None:
@@ -92,6 +92,7 @@ class ServerModel:
         self.api_key_env = api_key_env
         self.concurrency, self.timeout = concurrency, timeout
         self.max_retries, self.backoff, self.send_seed = max_retries, backoff, send_seed
+        self.grace = grace  # seconds an interrupted run waits for the answers in flight (to store them)
         self.requests = 0  # HTTP requests sent, retries included (tests and benchmarks read it)
         self._lock = threading.Lock()
 
@@ -233,6 +234,8 @@ class ServerModel:
 
         At most ``concurrency`` requests are in flight. When one fails for good, no new request is
         sent, the ones in flight are awaited and their answers passed on, then the error is raised.
+        On Ctrl-C the answers in flight are awaited for up to ``grace`` seconds (a second Ctrl-C
+        drops them), so a resumed run does not ask for them again.
         """
         seeds = list(item_seeds) if item_seeds is not None else [item_seed(cfg.seed, i) for i in range(len(prompts))]
         results: list[Generation | None] = [None] * len(prompts)
@@ -240,8 +243,16 @@ class ServerModel:
                    unit="ans")
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="emkit-server")
         inflight: set[Future] = set()
+        arrived: list[Future] = []  # answered, not yet passed on
         todo = iter(range(len(prompts)))
         error: BaseException | None = None
+
+        def take(g: Generation) -> None:
+            results[g.index] = g
+            if on_batch is not None:
+                on_batch([g])
+            bar.update(1)
+
         try:
             while True:
                 while error is None and len(inflight) < self.concurrency:
@@ -252,16 +263,24 @@ class ServerModel:
                 if not inflight:
                     break
                 done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
-                for f in done:
+                arrived = list(done)
+                while arrived:
+                    f = arrived.pop()
                     try:
                         g = f.result()
                     except Exception as e:  # noqa: BLE001 - keep the first error, drain the rest
                         error = error or e
                         continue
-                    results[g.index] = g
-                    if on_batch is not None:
-                        on_batch([g])
-                    bar.update(1)
+                    take(g)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                done, _ = wait([*arrived, *inflight], timeout=self.grace)
+                for f in done:
+                    if not f.cancelled() and f.exception() is None:
+                        take(f.result())
+            bar.close()
+            raise
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)  # interrupted: do not wait for slow requests
             bar.close()
