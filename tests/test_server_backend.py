@@ -295,6 +295,7 @@ def same_shape(a, b, where: str = "") -> None:
             same_shape(a[0], b[0], f"{where}[0]")
 
 
+@pytest.mark.slow  # two small pipeline runs: ~25 s on an idle 2-core CPU
 def test_emkit_run_with_server_backend(tmp_path, tiny_model_dir):
     """`emkit run` with eval.backend: server stores the answers, resumes after a failure without asking
     twice, and writes stage results and a report shaped like the hf back-end's."""
