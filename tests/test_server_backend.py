@@ -356,3 +356,21 @@ def test_serve_args_prints_the_vllm_command(tmp_path, tiny_model_dir):
     assert "base_url: http://localhost:8123/v1" in res.output
     bad = CliRunner().invoke(app, ["serve-args", str(tmp_path / "nothing")])
     assert bad.exit_code != 0
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"backend": "server"}, "base_url is empty"),
+    ({"backend": "server", "base_url": "localhost:8000"}, "not an http"),
+    ({"backend": "server", "base_url": "http://localhost:8000/v1", "server_concurrency": 0}, "server_concurrency"),
+    ({"backend": "grpc"}, "not one of"),
+])
+def test_recipe_checks_the_server_settings(tmp_path, bad, message):
+    from emkit.pipeline import recipe_from_dict
+
+    with pytest.raises(EmkitError, match=message):
+        recipe_from_dict({"name": "t", "out": str(tmp_path / "r"), "eval": bad})
+    with pytest.raises(EmkitError, match="whole models"):
+        recipe_from_dict({"name": "t", "eval": {"backend": "server", "base_url": "http://localhost:8000/v1"},
+                          "train": {"method": "full"}})
+    ok = recipe_from_dict({"name": "t", "eval": {"backend": "server", "base_url": "http://localhost:8000/v1"}})
+    assert ok.eval.served_base == "base"

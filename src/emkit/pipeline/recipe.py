@@ -291,6 +291,10 @@ def validate(r: Recipe) -> None:
         check_base_url(r.eval.base_url)
         if r.eval.server_concurrency < 1 or not r.eval.served_base:
             raise EmkitError("eval.server_concurrency must be >= 1 and eval.served_base not empty")
+        if r.train.method != "lora":
+            raise EmkitError("eval.backend server asks one server for every fine-tune, by LoRA adapter name; "
+                             f"train.method {r.train.method} makes whole models",
+                             hint="use train.method lora, or eval.backend hf")
     unknown = [s for s in r.skip if s not in STAGE_NAMES]
     if unknown:
         raise EmkitError(f"skip: unknown stage(s) {unknown}", hint=f"stages: {', '.join(STAGE_NAMES)}")
