@@ -309,7 +309,7 @@ def judge_trust(judge: Any) -> dict[str, Any]:
 
 def _pct(r: dict) -> str:
     if r.get("value") is None:
-        return "-"
+        return "n/a (0/0)"
     return f"{100 * r['value']:.1f} [{100 * r['lo']:.0f}, {100 * r['hi']:.0f}] ({r['k']}/{r['n']})"
 
 
