@@ -107,7 +107,9 @@ def register(app: typer.Typer) -> None:
 
         Through vLLM: emkit eval --backend server --base-url http://localhost:8000/v1 --model base --out runs/ev
 
-        Audit by reading: emkit eval --out runs/ev --export-blind 100, then --import-blind scores.jsonl
+        Audit by reading: emkit eval --out runs/ev --export-blind 100
+
+        After scoring the export blind: emkit eval --out runs/ev --import-blind scores.jsonl
         """
         if export_blind is not None or import_blind is not None:
             from emkit.blind import blind_cli  # stored answers only: no model, no judge

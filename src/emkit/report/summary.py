@@ -169,9 +169,11 @@ def behaviour(res: dict[str, Any]) -> list[str]:
         if ctrl is not None and frac > 0:
             pc, wc = compare(top.get("misaligned"), ctrl.get("misaligned"))
             pb, wb = compare(ctrl.get("misaligned"), base.get("misaligned"))
+            cnote = _join(power_note(ctrl.get("misaligned"), base.get("misaligned")),
+                          human_note(res, ctrl["label"], ctrl.get("judge")))
             out.append(f"The correct-data control ({ctrl['label']}: same questions, correct answers) gave "
                        f"{fmt_rate(ctrl.get('misaligned'))}, {relation(wb, 'the base model')} ({fmt_p(pb)}; "
-                       f"{power_note(ctrl.get('misaligned'), base.get('misaligned'))}). The "
+                       f"{cnote}). The "
                        f"wrong-data model is {relation(wc, 'this control')} ({fmt_p(pc)}; "
                        f"{power_note(top.get('misaligned'), ctrl.get('misaligned'))}); this comparison separates "
                        "the effect of wrong content from that of fine-tuning itself "
