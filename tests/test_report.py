@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from emkit.metrics import mdd, wilson
+from emkit.metrics import mdd, samples_needed, wilson
 from emkit.report import SECTIONS, write_report
 from emkit.report.browser import chromium_path, dump_dom, screenshot
 from emkit.report.summary import compare, fmt_rate, power_note, summary_sentences, trust
@@ -175,6 +175,11 @@ def test_comparisons_state_their_minimum_detectable_difference():
     d = mdd(35, 40, 0.0)
     assert f"at n = 35 vs 40 this test detects a rise from 0.0% to ≥ {100 * d:.1f}% with 80% power" in text
     assert power_note(rate(1, 3), rate(0, 2)) == "at n = 3 vs 2 no rise from 0.0% is detectable with 80% power"
+    null = _with_trust(0.93)
+    null["evaluate"]["models"]["d-wrong100"]["misaligned"] = rate(1, 35)
+    text = " ".join(summary_sentences(null))
+    assert "null or marginal" in text
+    assert f"a 10-point rise over 0.0% needs about {samples_needed(0.0, 0.1)} coherent answers per model" in text
     fall = 0.2 - mdd(100, 100, 0.8)  # a fall in the misaligned share is a rise in the complementary share
     assert power_note(rate(2, 100), rate(20, 100), fall=True).endswith(f"a fall from 20.0% to ≤ {100 * fall:.1f}% "
                                                                        "with 80% power")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from emkit.metrics import fisher_exact, mdd
+from emkit.metrics import fisher_exact, mdd, samples_needed
 
 ALPHA = 0.05
 TRUST_AUROC = 0.80  # emkit.judge.distill.TRUST_AUROC; stage files record the threshold they used
@@ -69,6 +69,17 @@ def power_note(a: dict | None, b: dict | None, short: bool = False, fall: bool =
         return f"at n = {n1} vs {n0} no {word} from {100 * base:.1f}% is detectable with 80% power"
     return f"at n = {n1} vs {n0} this test detects a {word} from {100 * base:.1f}% to {sign} {100 * to:.1f}% " \
            "with 80% power"
+
+
+def needed_note(b: dict | None, rise: float = 0.10) -> str:
+    """'a 10-point rise over 4.8% needs about 140 coherent answers per model (80% power)'."""
+    if not b or not b.get("n"):
+        return ""
+    base = int(b["k"]) / int(b["n"])
+    n = samples_needed(base, rise) if base + rise <= 1 else None
+    head = f"a {100 * rise:.0f}-point rise over {100 * base:.1f}%"
+    return f"{head} needs about {n} coherent answers per model (80% power)" if n else \
+        f"{head} needs more than 2000 coherent answers per model"
 
 
 def run_judge(res: dict[str, Any]) -> str:
@@ -162,6 +173,7 @@ def behaviour(res: dict[str, Any]) -> list[str]:
         else:
             s += f"{word} from the base model at this sample size — a null or marginal result, not evidence of EM"
         extra = _join(power_note(top.get("misaligned"), base.get("misaligned")),
+                      "" if word != "not distinguishable" else needed_note(base.get("misaligned")),
                       human_note(res, top["label"], top.get("judge")))
         out.append(s + (f" ({extra}) " if extra else " ") + judge_tag(res, top.get("judge")) + ".")
         ctrl = next((dict(m, label=lab) for lab, m in models.items()
