@@ -154,7 +154,13 @@ def _zip_slip(s: Path) -> list[str]:
     return ["data", "validate", "evil.zip"]
 
 
-CASES: list[tuple[str, Callable[[Path], list[str]], tuple[str, ...]]] = [
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+CASES: list = [
     # data files
     ("non-utf8-jsonl", _non_utf8, ("bad.jsonl:2", "UTF-8", "byte")),
     ("non-utf8-questions", _non_utf8_questions, ("q.yaml", "line 4", "UTF-8", "byte")),
@@ -170,6 +176,9 @@ CASES: list[tuple[str, Callable[[Path], list[str]], tuple[str, ...]]] = [
     ("model-missing", lambda s: ["generate", "--model", "./nope", "--out", "run"], ("does not exist",)),
     ("hub-id-no-network", lambda s: os.environ.update(HF_ENDPOINT="http://127.0.0.1:9") or
      ["generate", "--model", "no-such-org/no-such-model", "--out", "run"], ("cannot reach", "no-such-org")),
+    pytest.param("device-cuda-without-gpu", lambda s: ["generate", "--model", "./model", "--out", "run", "--device",
+                                                       "cuda"], ("no CUDA GPU",),
+                 marks=pytest.mark.skipif(_has_cuda(), reason="a GPU is present"), id="device-cuda-without-gpu"),
     ("device-tpu9", lambda s: ["generate", "--model", "./model", "--out", "run", "--device", "tpu9"], ("tpu9",)),
     ("samples-zero", lambda s: ["generate", "--model", "./model", "--out", "run", "-n", "0"], ("at least 1",)),
     ("questions-missing", lambda s: ["generate", "--model", "./model", "--out", "run", "-q", "no.yaml"],
@@ -207,7 +216,8 @@ CASES: list[tuple[str, Callable[[Path], list[str]], tuple[str, ...]]] = [
 ]
 
 
-@pytest.mark.parametrize("name, setup, words", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name, setup, words",
+                         [c if hasattr(c, "marks") else pytest.param(*c, id=c[0]) for c in CASES])
 def test_bad_input_is_one_line_exit_2(sandbox, capsys, monkeypatch, name, setup, words):
     for var in ("EMKIT_MAX_LINE_BYTES", "HF_ENDPOINT"):  # restored after the test, whatever setup sets
         monkeypatch.setenv(var, "")
@@ -288,3 +298,15 @@ def test_dry_run_prints_the_folder_it_would_use(sandbox, capsys, monkeypatch):
                              monkeypatch)
     assert code == 0, err
     assert "run folder elsewhere" in err and "runs/r" not in err and not (sandbox / "elsewhere").exists()
+
+
+def test_an_unexpected_failure_is_one_line_too(sandbox, capsys, monkeypatch):
+    import emkit.data
+
+    def broken(*a, **k):
+        raise ZeroDivisionError("division by zero\nsecond line")
+
+    monkeypatch.setattr(emkit.data, "mix", broken)  # what `emkit data mix` calls
+    code, out, err = run_cli(_mix()(sandbox), sandbox, capsys, monkeypatch)
+    assert code == 1 and error_lines(err) == ["error: unexpected ZeroDivisionError: division by zero (hint: run again "
+                                              "with --debug for the traceback, and please report it)"]

@@ -1,7 +1,7 @@
 """The ``emkit`` command line: one sub-command (group) per stage, discovered from this package.
 
 Each module here defines ``register(app)``. Errors print as one line (what was wrong, what to do)
-and exit with code 2; ``--debug`` shows the traceback instead. Text that comes from users, data
+and exit with code 2 (an unexpected failure: one line too, exit 1); ``--debug`` shows the traceback. Text that comes from users, data
 files or models is printed with Rich markup off (:func:`plain`, :func:`say`): a ``[/INST]`` in an
 answer is text, not a closing tag.
 """
@@ -78,3 +78,11 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: what was recorded is kept; run the same command again to resume.")
         sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - a failure emkit does not know yet: still one line, exit 1
+        if debug:
+            raise
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+        say(err, error_line(EmkitError(f"unexpected {type(e).__name__}: {first[:300]}",
+                                       hint="run again with --debug for the traceback, and please report it")),
+            style="bold red")
+        sys.exit(1)

@@ -128,6 +128,7 @@ def register(app: typer.Typer) -> None:
         if samples is not None and samples < 1:
             raise EmkitError(f"--samples must be at least 1, got {samples}")
         qs = load_questions(questions)
+        say(out, f"{len(qs)} questions ({sum(len(q.paraphrases) for q in qs)} paraphrases) read from {questions}")
         cfg = sampling_options(temperature, top_p, max_new_tokens, batch_size, seed)
         if backend not in ("hf", "server"):
             raise EmkitError(f"--backend {backend!r} is not hf or server")

@@ -59,6 +59,7 @@ def register(app: typer.Typer) -> None:
         if samples < 1:
             raise EmkitError(f"--samples must be at least 1, got {samples}")
         qs = load_questions(questions)  # validate inputs before touching the run folder
+        say(out, f"{len(qs)} questions ({sum(len(q.paraphrases) for q in qs)} paraphrases) read from {questions}")
         cfg = sampling_options(temperature, top_p, max_new_tokens, batch_size, seed)
         m, tok = load_model(model, adapter=adapter, device=device, dtype=dtype)
         run = Run(out_dir)
