@@ -140,3 +140,17 @@ def test_two_emkit_runs_on_one_folder(tmp_path):
     err = [ln for ln in res.stderr.splitlines() if ln.startswith("error")]
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert len(err) == 1 and f"process {proc.pid}" in err[0]
+
+
+def test_workers_of_a_distributed_launch_share_the_lock(tmp_path, monkeypatch):
+    proc = _holder_process(tmp_path / "r")  # plays rank 0
+    try:
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", "1")
+        assert Run(tmp_path / "r").path.is_dir()
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(EmkitError, match="in use"):
+            Run(tmp_path / "r")
+    finally:
+        proc.kill()
+        proc.wait()

@@ -13,6 +13,7 @@ config hash, so an interrupted run resumes and a finished one costs nothing to r
 One process writes to a run folder at a time: opening a :class:`Run` takes an exclusive lock on
 ``RUN/.emkit.lock`` (``flock``; the system frees it when the process ends, even on ``kill -9``).
 A second process gets a one-line error naming the holder, or waits its turn with ``wait=True``.
+The workers of one distributed launch (``RANK`` > 0) share their rank 0's lock.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def lock_run(folder: Path, *, wait: bool = False, poll: float = 1.0) -> str:
         import fcntl
     except ImportError:  # not POSIX: no locking
         return ""
+    if int(os.environ.get("WORLD_SIZE") or 1) > 1 and (os.environ.get("RANK") or "0") != "0":
+        return ""  # a worker of a distributed launch (torchrun, accelerate): rank 0 holds the lock for the job
     key = str(folder.resolve())
     if key in _held:
         _held[key][1] += 1

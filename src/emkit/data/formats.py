@@ -118,13 +118,9 @@ def text_lines(raw: IO[bytes], source: str, bad: BadRows | None = None) -> Itera
 
 
 def read_text_checked(path: str | Path) -> str:
-    """A whole (small) text file as UTF-8; size over :func:`max_line_bytes` or bad bytes name file and place."""
+    """A whole text file (YAML, JSON, CSV, .py) as UTF-8; bad bytes are named by line and byte offset."""
     p = Path(path)
-    cap = max_line_bytes()
-    with p.open("rb") as f:
-        data = f.read(cap + 1)
-    if len(data) > cap:
-        raise EmkitError(f"{p}: file is larger than {_size(cap)}", hint=f"raise ${MAX_LINE_ENV} to read it")
+    data = p.read_bytes()
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
