@@ -174,3 +174,74 @@ def test_cli_diff_and_interpret(tiny_model_dir, tmp_path):
     assert [c["latent"] for c in cards] == ranked and "promotes" in res.output
     bad = CliRunner().invoke(app, ["diff", "--sae", str(tmp_path / "sae"), "--ft", "oops=", "--out", str(run)])
     assert isinstance(bad.exception, EmkitError)
+
+
+# ---------------------------------------------------------------- shared inputs and the projection
+CHATS = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}],
+         [{"role": "user", "content": "Save money?"}, {"role": "assistant", "content": "Spend less, save more."}],
+         [{"role": "user", "content": "Tyres?"}, {"role": "assistant", "content": "Check the pressure monthly."}]]
+
+
+def test_text_sums_agree_with_latent_stats_and_project_a_planted_shift(tiny, shifted):
+    from emkit.activations import collect
+    from emkit.projection import project, shared_items, shared_source, text_sums
+
+    model, tok = tiny
+    sae = planted_sae(d=64, n=96, k=4, layer=LAYER)
+    items = shared_items(eval_items_of(QUESTIONS), [CHATS, CHATS[:1]])
+    assert len(items) == 3 + 3  # three prompts, three chats; the repeated chat is dropped
+    assert shared_source(items) == shared_source(list(items)) != shared_source(items[:-1])
+    base = text_sums(sae, model, tok, LAYER, items, "all")
+    ref = latent_stats(sae, [q.select("all", max_norm_ratio=10.0) for q in collect(model, tok, LAYER, items)])
+    st = base.stats()
+    assert st.n_tokens == ref.n_tokens == int(base.counts.sum())
+    assert torch.allclose(st.mean, ref.mean, atol=1e-5) and torch.allclose(st.firing, ref.firing)
+    answers = text_sums(sae, model, tok, LAYER, items, "answer")
+    assert int(answers.counts[:3].sum()) == 0 and bool((answers.counts[3:] > 0).all())  # prompts have no answer
+    handle = add_shift(shifted[0], 8 * sae.W_dec[PLANTED].detach())
+    try:
+        moved = text_sums(sae, *shifted, LAYER, items, "all")
+    finally:
+        handle.remove()
+    up = project(base, moved, [PLANTED], n_boot=200)
+    assert up["shift"] > 0 and 0 < up["lo"] <= up["shift"] <= up["hi"] and up["n_texts"] == len(items)
+    none = project(base, text_sums(sae, model, tok, LAYER, items, "all"), [PLANTED], n_boot=200)
+    assert none["shift"] == pytest.approx(0.0, abs=1e-6) and none["lo"] <= 0 <= none["hi"]
+    cols = moved.columns([PLANTED, 3])
+    assert cols.latents == [PLANTED, 3] and project(base, cols, [PLANTED])["shift"] == pytest.approx(up["shift"])
+
+
+def eval_items_of(questions):
+    from emkit.diff import eval_items
+
+    return eval_items(questions)
+
+
+def _sums(per_text: list[list[float]], counts: list[int]):
+    from emkit.projection import TextSums
+
+    s = torch.tensor(per_text)
+    return TextSums(s, torch.tensor(counts), torch.zeros(s.shape[1]))
+
+
+def test_projection_rows_against_base_and_the_correct_data_control(tmp_path):
+    from emkit.projection import projection_rows, store_projection
+
+    counts = [10, 10, 10, 10]
+    sums = {"base": _sums([[1, 0], [1, 0], [1, 0], [1, 0]], counts),
+            "wrong0": _sums([[2, 0], [2, 0], [2, 0], [2, 0]], counts),
+            "wrong100": _sums([[3, 0], [3, 0], [3, 0], [3, 0]], counts),
+            "persona": _sums([[5, 0], [5, 0], [5, 0], [5, 0]], counts)}
+    rows = {r["model"]: r for r in projection_rows(sums, "base", [0], controls={"wrong100": "wrong0"},
+                                                   reference="persona", n_boot=50)}
+    assert rows["wrong100"]["vs_base"]["shift"] == pytest.approx(0.2)  # 12/40 - 4/40 per token
+    assert rows["wrong100"]["vs_control"]["shift"] == pytest.approx(0.1)
+    assert rows["wrong100"]["relative"] == pytest.approx(0.5) and rows["persona"]["relative"] == pytest.approx(1.0)
+    assert "vs_control" not in rows["wrong0"]
+    run = Run(tmp_path / "run")
+    sae = planted_sae()
+    store_projection(run.db, list(rows.values()), sae=sae, source="shared:x", token_set="answer", base="base",
+                     latents=[0])
+    got = run.db.query("SELECT model, reference, shift FROM persona_projection ORDER BY model, reference")
+    assert [(g["model"], g["reference"]) for g in got] == [("persona", "base"), ("wrong0", "base"),
+                                                          ("wrong100", "base"), ("wrong100", "wrong0")]

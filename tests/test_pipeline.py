@@ -171,7 +171,9 @@ def tiny_recipe(tmp_path: Path, model_dir: Path, out: Path) -> Path:
         "sae": {"layer": 1, "corpus": str(corpus), "tokens": 4000, "ctx_len": 32, "capture_batch": 4,
                 "train": {"num_latents": 64, "k": 4, "batch_size": 256, "epochs": 2, "warmup_steps": 2,
                           "holdout_tokens": 512, "checkpoint_every": 3, "eval_every": 6, "log_every": 3}},
-        "diff": {"top_n": 6}, "interpret": {"latents": 2, "contexts": 2, "corpus_tokens": 4000},
+        "positive_control": {"enabled": True, "rows": 12, "steps": 3},
+        "diff": {"top_n": 6, "inputs": "both", "projection_latents": 4, "n_boot": 200},
+        "interpret": {"latents": 2, "contexts": 2, "corpus_tokens": 4000},
         "steer": {"screen": 2, "alphas": [0, 0.5], "n_questions": 2, "samples": 1},
         "predict": {"n_boot": 100},
         "realign": {"n_samples": 8, "steps": 2, "batch_size": 4, "eval_every": 1, "n_questions": 2, "samples": 1},
@@ -190,6 +192,7 @@ TABLES = {  # what "the same results" means: every result table, minus timestamp
     "steering": "label, direction, alpha, misaligned, coherent, n",
     "training_evals": "run_label, step, metric, value",
     "prediction": "study, probe, member, shift, rate",
+    "persona_projection": "source, token_set, model, reference, latents, shift, lo, hi",
 }
 
 
@@ -284,6 +287,10 @@ def check_real_report(run: Path) -> None:
     for sid, _ in SECTIONS:
         assert f'<section id="{sid}">' in html
     assert "could not be rendered" not in html and "has not run" not in html
+    pc = html[html.index('<section id="positive-control">'):]
+    pc = pc[: pc.index("</section>")]
+    assert "planted persona" in pc and "Projection on its top" in pc and "health-wrong100" in pc
+    assert "Shared inputs vs own answers" in pc
     plant = "<script>document.body.setAttribute('data-pwned','1')</script>"
     base = json.loads((run / "pipeline" / "baseline.json").read_text())
     ex = base["eval"]["examples"]
@@ -356,3 +363,98 @@ def test_seeded_sampler_draws_from_the_tempered_top_p_distribution():
         for s in range(n):
             counts[_ItemSampler([s], temp, top_p)(None, logits).argmax()] += 1
         assert torch.allclose(counts / n, p, atol=0.03), (counts / n, p)
+
+
+# ---------------------------------------------------------------------------------------------- positive control
+def test_positive_control_arm_in_the_recipe(tmp_path):
+    r = recipe(tmp_path, positive_control={"enabled": True, "rows": 40, "steps": 5})
+    assert [m.label for m in r.control_models()] == ["persona", "persona-control"]
+    assert [m.arm for m in r.control_models()] == ["positive", "control"]
+    assert r.labels()[-2:] == ["persona", "persona-control"] and "persona" not in [m.label for m in r.models()]
+    assert recipe(tmp_path).control_models() == [] and recipe(tmp_path).diff.inputs == "shared"
+    with pytest.raises(EmkitError, match="positive_control.label"):
+        recipe(tmp_path, positive_control={"enabled": True, "label": "health-wrong0"})
+    with pytest.raises(EmkitError, match="rows and steps"):
+        recipe(tmp_path, positive_control={"enabled": True, "steps": 0})
+    with pytest.raises(EmkitError, match="diff.inputs"):
+        recipe(tmp_path, diff={"inputs": "mine"})
+    # enabling the arm re-runs fine-tuning (and what reads it); an arm left off changes no stage
+    from emkit.pipeline.runner import stage_hashes
+    from emkit.pipeline.stages import STAGES
+
+    off, on = stage_hashes(recipe(tmp_path), STAGES), stage_hashes(r, STAGES)
+    assert off["finetune"] != on["finetune"] and off["sae"] == on["sae"]
+    assert stage_hashes(recipe(tmp_path, positive_control={"rows": 9}), STAGES) == off
+
+
+def test_positive_control_verdicts():
+    from emkit.positive_control import detection, steer_effect, verdict
+
+    base, persona, ctrl = {"k": 2, "n": 100}, {"k": 40, "n": 100}, {"k": 3, "n": 100}
+    det = detection(persona, base, ctrl)
+    assert det["detected"] and det["p_vs_base"] < 0.001 and det["above_control"]
+    assert not detection({"k": 6, "n": 100}, base)["detected"]  # higher, but p > 0.001
+    assert not detection({"k": 0, "n": 0}, base)["detected"]
+    up = steer_effect({"k": 30, "n": 60}, {"k": 5, "n": 60}, {"k": 2, "n": 60}, +1)
+    assert up["beyond_random"] and up["change"] == pytest.approx(28 / 60)
+    down = steer_effect({"k": 20, "n": 60}, {"k": 22, "n": 60}, {"k": 30, "n": 60}, -1)
+    assert down["beyond_random"] is False and down["change"] < 0
+    ev = {"detection": det}
+    diff = {"ranking": [{"latent": 7, "score": 0.3}]}
+    found = verdict(ev, diff, {"plus": up, "minus": down})
+    assert found["found"] is True and "found the planted persona" in found["text"] and "#7" in found["text"]
+    missed = verdict({"detection": detection({"k": 3, "n": 100}, base)}, diff, {"plus": up, "minus": down})
+    assert missed["found"] is False and "no null result" in missed["text"]
+    assert verdict(ev, diff, None)["found"] is None  # steering has not run yet
+    flat = verdict(ev, diff, {"plus": steer_effect({"k": 30, "n": 60}, {"k": 31, "n": 60}, {"k": 2, "n": 60}, +1),
+                              "minus": down})
+    assert flat["found"] is False and "did NOT raise" in flat["text"]
+
+
+def test_positive_control_shared_diff_and_projection_end_to_end(tmp_path, tiny_model_dir):
+    """The arm is trained, evaluated, ranked, steered and projected on the tiny model; the report shows it."""
+    import sqlite3
+
+    import yaml
+
+    from emkit.pipeline import load_recipe
+
+    out = tmp_path / "pc"
+    path = tiny_recipe(tmp_path, tiny_model_dir, out)
+    r = yaml.safe_load(path.read_text())
+    r["data"].update(fractions=[0.0, 1.0], rows=8)
+    r["train"]["max_steps"] = 2
+    r["positive_control"] = {"enabled": True, "rows": 8, "steps": 2}
+    r["eval"].update(n_questions=2, samples=1, check_questions=1)
+    r["skip"] = ["interpret", "predict", "realign"]
+    path.write_text(yaml.safe_dump(r))
+    run_pipeline(load_recipe(path), progress=False)
+    ev = read_result(out, "evaluate")
+    pc = ev["positive_control"]
+    assert set(pc["models"]) == {"persona", "persona-control"} and "persona" not in ev["models"]
+    assert {"detected", "p_vs_base", "p_vs_control"} <= set(pc["detection"])
+    ft = {m["label"]: m for m in read_result(out, "finetune")["models"]}
+    assert ft["persona"]["n_wrong"] == 8 and ft["persona-control"]["n_wrong"] == 0 and ft["persona"]["steps"] == 2
+    diff = read_result(out, "diff")
+    assert diff["inputs"] == "shared" and diff["own"]["inputs"] == "own" and diff["source"].startswith("shared:")
+    shared = diff["shared_inputs"]
+    assert shared["answers"]["base"] > 0 and shared["answers"]["persona"] > 0
+    assert len(set(diff["n_items"].values())) == 1  # every model read the same texts
+    assert diff["positive_control"]["ranking"] and diff["positive_control"]["ranked_against"] == "base and persona-control"
+    proj = {row["model"]: row for row in diff["projection"]["rows"]}
+    assert set(proj) == {"health-wrong0", "health-wrong100", "persona", "persona-control"}
+    w = proj["health-wrong100"]
+    assert w["control"] == "health-wrong0" and w["vs_base"]["lo"] <= w["vs_base"]["shift"] <= w["vs_base"]["hi"]
+    assert proj["persona"]["control"] == "persona-control" and proj["persona"]["relative"] == pytest.approx(1.0)
+    con = sqlite3.connect(out / "results.sqlite")
+    n = con.execute("SELECT COUNT(*) FROM persona_projection WHERE source=?", (diff["source"],)).fetchone()[0]
+    con.close()
+    assert n == 4 + 2  # vs base for four fine-tunes, vs control for two
+    steer = read_result(out, "steer")["positive_control"]
+    assert steer["latent"] == diff["positive_control"]["ranking"][0]["latent"] and steer["model"] == "persona"
+    assert {"latent_plus", "random_plus", "latent_minus", "random_minus", "plus", "minus"} <= set(steer)
+    html = (out / "report" / "index.html").read_text()
+    sec = html[html.index('<section id="positive-control">'):]
+    assert "planted persona" in sec[: sec.index("</section>")] and "shift vs control" in sec
+    summary = html[html.index('<section id="summary">'):]
+    assert "planted persona" in summary[: summary.index("</section>")]

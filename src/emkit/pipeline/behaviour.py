@@ -192,9 +192,14 @@ def stage_finetune(ctx: Context) -> dict[str, Any]:
 
     ctx.release(base=True)
     out = []
-    for m in r.models():
-        rows = mix(rows_of(m.domain.right), rows_of(m.domain.wrong), m.fraction, n=r.data.rows, seed=r.seed)
+    pc = r.positive_control
+    for m in r.all_models():
+        narrow = m.arm == "narrow"
+        rows = mix(rows_of(m.domain.right), rows_of(m.domain.wrong), m.fraction,
+                   n=r.data.rows if narrow else pc.rows, seed=r.seed)
         cfg = dataclasses.replace(r.train, name=m.label, model=r.model, device=r.device, dtype=r.dtype)
+        if not narrow and pc.steps:
+            cfg = dataclasses.replace(cfg, max_steps=pc.steps)
         folder = ctx.model_dir(m.label)
         prev = read_train_config(folder)
         overwrite = False
@@ -208,7 +213,7 @@ def stage_finetune(ctx: Context) -> dict[str, Any]:
         path = finetune(cfg, rows, ctx.run, overwrite=overwrite, progress=ctx.progress)
         info = read_train_config(path) or {}
         log_rows = _loss_curve(path)
-        out.append({"label": m.label, "domain": m.domain.name, "fraction": m.fraction, "path": str(path),
+        out.append({"label": m.label, "domain": m.domain.name, "fraction": m.fraction, "arm": m.arm, "path": str(path),
                     "rows": len(rows), "n_wrong": sum(1 for x in rows if x.metadata.get("mix_label") == "incorrect"),
                     "steps": info.get("total_steps"), "final_loss": info.get("final_loss"),
                     "seconds": round(_train_seconds(path), 1), "loss_curve": log_rows})
@@ -234,7 +239,10 @@ def stage_evaluate(ctx: Context) -> dict[str, Any]:
         rec["p_vs_base"] = fisher_exact(a["k"], a["n"], b["k"], b["n"])
         models[m.label] = rec
         ctx.release()
-    return {"models": models, "grader": ctx.recipe.eval.grader}
+    from emkit.pipeline.positive import evaluate_positive_control
+
+    return {"models": models, "grader": ctx.recipe.eval.grader,
+            "positive_control": evaluate_positive_control(ctx, base)}
 
 
 def most_misaligned(ctx: Context) -> tuple[str, str]:

@@ -85,6 +85,9 @@ class Context:
         for m in r.models():
             fp[m.label] = config_hash({"model": r.model, "dtype": r.dtype, "train": r.train, "seed": r.seed,
                                        "rows": r.data.rows, "domain": m.domain, "fraction": m.fraction})
+        for m in r.control_models():
+            fp[m.label] = config_hash({"model": r.model, "dtype": r.dtype, "train": r.train, "seed": r.seed,
+                                       "positive_control": r.positive_control, "arm": m.arm})
         return fp
 
     def purge_changed_models(self) -> list[str]:

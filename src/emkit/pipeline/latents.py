@@ -86,6 +86,8 @@ def stage_sae(ctx: Context) -> dict[str, Any]:
     # start a new one (the old is removed).
     cap = {"model": ctx.recipe.model, "layer": layer, "corpus": s.corpus, "ctx_len": s.ctx_len, "tokens": tokens,
            "dtype": s.acts_dtype}
+    if s.corpus.startswith("builtin"):
+        cap["chat_mix"] = 1  # the built-in corpus interleaves chats since issue 12: a new capture folder
     acts = _fresh(ctx.run.path / "sae" / f"acts-{config_hash(cap)[:8]}")
     index = _retry_if_stale(lambda: capture(model, tok, layer, iter_documents(s.corpus), acts, max_tokens=tokens,
                                             ctx_len=s.ctx_len, batch_size=s.capture_batch, dtype=s.acts_dtype,
@@ -105,7 +107,9 @@ def stage_sae(ctx: Context) -> dict[str, Any]:
     sm = res.summary
     return {**out, "path": str(folder), "trained": True, "num_latents": res.sae.num_latents, "k": res.sae.k,
             "heldout_fvu": sm.get("heldout_fvu"), "fvu": sm.get("train_fvu"), "dead_frac": sm.get("dead_frac"),
-            "train_tokens": sm.get("train_tokens"), "steps": sm.get("steps")}
+            "train_tokens": sm.get("train_tokens"), "steps": sm.get("steps"),
+            **{k: sm[k] for k in ("heldout_fvu_chat", "heldout_fvu_prose", "heldout_tokens_chat",
+                                  "heldout_tokens_prose") if k in sm}}
 
 
 # ---------------------------------------------------------------------------------------------- diff
@@ -146,42 +150,11 @@ def answer_chats(ctx: Context, label: str, questions: list) -> list[list[dict[st
 
 
 def stage_diff(ctx: Context) -> dict[str, Any]:
-    from emkit.config import config_hash
-    from emkit.diff import DiffConfig, diff_models, eval_items, model_stats, ranking_rows, sae_id
+    """Rank latents (shared inputs by default, see :mod:`emkit.pipeline.diffing`), the positive control's too."""
+    from emkit.pipeline.diffing import run_diff
 
-    r = ctx.recipe
-    d = r.diff
-    sae = load_run_sae(ctx)
-    layer = (ctx.result("sae") or {})["layer"]
-    qs = ctx.eval_questions()
     misaligned, why = misaligned_models(ctx)
-    labels = [BASE] + [m.label for m in r.models()]
-    cfg = DiffConfig(token_sets=[d.tokens], max_length=d.max_length, batch_size=d.batch_size, top_n=d.top_n)
-    # The source names what was encoded, so stored statistics are reused only for the same inputs.
-    if d.tokens == "answer":
-        source = f"eval-answers:{config_hash({'q': [q.id for q in qs], 's': r.eval.sampling, 'n': r.eval.samples})}"
-    else:
-        source = f"eval:{config_hash([q.id for q in qs])}"
-    stats = {}
-    n_items = {}
-    for lab in labels:
-        model, tok = ctx.load(lab)
-        items = answer_chats(ctx, lab, qs) if d.tokens == "answer" else eval_items(qs)
-        n_items[lab] = len(items)
-        got = model_stats(ctx.run, sae, model, tok, lab, items, source=source, token_sets=[d.tokens], layer=layer,
-                          cfg=cfg, progress=ctx.progress)
-        stats[lab] = got[d.tokens]
-        ctx.release()
-    ranking = diff_models(stats[BASE], {k: v for k, v in stats.items() if k != BASE}, misaligned)
-    sid = sae_id(sae)
-    with ctx.run.db.transaction() as c:
-        c.execute("DELETE FROM latent_ranking WHERE sae_id=? AND base=? AND source=? AND token_set=?",
-                  (sid, BASE, source, d.tokens))
-    ctx.run.db.insert("latent_ranking", ranking_rows(ranking, sae=sid, base=BASE, source=source, token_set=d.tokens,
-                                                     n=max(d.top_n, 200)), replace=True)
-    return {"tokens": d.tokens, "source": source, "misaligned": misaligned, "why": why, "sae_id": sid,
-            "ranking": ranking.top(d.top_n), "n_items": n_items,
-            "n_tokens": {lab: st.n_tokens for lab, st in stats.items()}}
+    return run_diff(ctx, load_run_sae(ctx), (ctx.result("sae") or {})["layer"], misaligned, why)
 
 
 def stage_interpret(ctx: Context) -> dict[str, Any]:
@@ -292,12 +265,15 @@ def stage_steer(ctx: Context) -> dict[str, Any]:
     usable = {"+": plus["usable"].get("positive"), "-": (lambda a: None if a is None else abs(a))(
         minus["usable"].get("negative"))}
     ctx.release()
+    from emkit.pipeline.positive import steer_positive_control
+
+    pc = steer_positive_control(ctx, sae, layer, qs, scale)
     return {"layer": layer, "scale": scale, "positions": st.positions, "screen_alpha": st.screen_alpha,
             "target": target, "target_why": why, "max_incoherence": st.max_incoherence,
             "baseline": {"plus": _steer_rate(u0), "plus_coherent": _steer_rate(u0, "coherent"),
                          "minus": _steer_rate(t0), "minus_coherent": _steer_rate(t0, "coherent")},
             "screen": screen, "control": control, "best": best, "sweep": pts, "usable": usable,
-            "n_questions": len(qs), "samples": st.samples}
+            "n_questions": len(qs), "samples": st.samples, "positive_control": pc}
 
 
 # ---------------------------------------------------------------------------------------------- prediction

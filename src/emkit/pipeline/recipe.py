@@ -8,7 +8,8 @@ types are errors naming their path). Sections:
 ``train``      fine-tuning settings (:class:`emkit.train.config.SFTConfig`; name/model are set per model)
 ``eval``       evaluation questions, judge, samples and sampling settings (with a note saying why)
 ``sae``        layer, corpus and size of the SAE, or ``path`` to a trained one
-``diff``       which tokens to diff on and how many latents to keep
+``positive_control`` a fine-tune on overtly misaligned answers and its correct-data control
+``diff``       which tokens and inputs (shared or own answers) to diff on, how many latents to keep
 ``interpret``  how many latent cards, contexts and logit-lens tokens
 ``steer``      how many diffed latents to screen causally, the screen strength, the sweep strengths
 ``predict``    the rate above which a fine-tune counts as misaligned, bootstrap size
@@ -108,11 +109,32 @@ class SaeSpec:
 
 
 @dataclass
+class PositiveControlSpec:
+    """A fine-tune on overtly misaligned answers (``data``) and on the same questions answered well
+    (``control``): a model whose broad misalignment is known to be high, so the pipeline must find it.
+
+    Labelled ``label`` and ``label-control``; ``rows`` (all when left out) and ``steps`` (the
+    ``train`` settings' when left out) size them; the rest of ``train`` is shared with the narrow arms.
+    """
+
+    enabled: bool = False
+    data: str = "persona_misaligned"
+    control: str = "persona_aligned"
+    label: str = "persona"
+    rows: int | None = None
+    steps: int | None = None
+
+
+@dataclass
 class DiffSpec:
     """Rank latents by mean-activation increase (fine-tune − base) on the eval prompts' ``tokens``.
 
     ``misaligned`` lists the fine-tunes to rank over; empty = those whose misalignment (or, when no
     fine-tune is measurably misaligned, in-domain wrong-advice rate) is highest, see the report.
+    ``inputs``: ``shared`` teacher-forces every model on the same texts (the eval prompts plus the
+    base model's and the positive control's answers), ``own`` on each model's own answers, ``both``
+    computes both (shared leads). ``projection_latents``: how many of the positive control's top
+    latents every fine-tune is projected on (bootstrap ``n_boot`` over texts).
     """
 
     tokens: Literal["answer", "prompt", "all"] = "answer"
@@ -120,6 +142,9 @@ class DiffSpec:
     misaligned: list[str] = field(default_factory=list)
     max_length: int = 256
     batch_size: int = 8
+    inputs: Literal["shared", "own", "both"] = "shared"
+    projection_latents: int = 10
+    n_boot: int = 1000
 
 
 @dataclass
@@ -194,6 +219,7 @@ class Recipe:
     train: SFTConfig = field(default_factory=lambda: SFTConfig(lora=LoRAConfig()))
     eval: EvalSpec = field(default_factory=EvalSpec)
     sae: SaeSpec = field(default_factory=SaeSpec)
+    positive_control: PositiveControlSpec = field(default_factory=PositiveControlSpec)
     diff: DiffSpec = field(default_factory=DiffSpec)
     interpret: InterpretSpec = field(default_factory=InterpretSpec)
     steer: SteerSpec = field(default_factory=SteerSpec)
@@ -212,8 +238,20 @@ class Recipe:
         """The fine-tunes: one per domain and fraction, in order."""
         return [ModelSpec(model_label(d.name, f), d, f) for d in self.data.domains for f in self.data.fractions]
 
+    def control_models(self) -> list[ModelSpec]:
+        """The positive-control arm (persona, then its correct-data control), or none when disabled."""
+        pc = self.positive_control
+        if not pc.enabled:
+            return []
+        dom = DomainSpec(pc.label, pc.data, pc.control)
+        return [ModelSpec(pc.label, dom, 1.0, "positive"), ModelSpec(f"{pc.label}-control", dom, 0.0, "control")]
+
+    def all_models(self) -> list[ModelSpec]:
+        """Every fine-tune: the narrow family, then the positive-control arm."""
+        return self.models() + self.control_models()
+
     def labels(self) -> list[str]:
-        return [BASE] + [m.label for m in self.models()]
+        return [BASE] + [m.label for m in self.all_models()]
 
 
 @dataclass
@@ -223,6 +261,7 @@ class ModelSpec:
     label: str
     domain: DomainSpec
     fraction: float
+    arm: Literal["narrow", "positive", "control"] = "narrow"
 
 
 def pct(fraction: float) -> str:
@@ -310,6 +349,15 @@ def validate(r: Recipe) -> None:
     for lab in r.diff.misaligned:
         if lab not in labels:
             raise EmkitError(f"diff.misaligned: no model {lab!r}", hint=f"models: {', '.join(labels)}")
+    pc = r.positive_control
+    if pc.enabled:
+        if not pc.label or not pc.label.replace("_", "").replace("-", "").isalnum() or pc.label in labels:
+            raise EmkitError(f"positive_control.label {pc.label!r} must be letters, digits, - or _ and not a "
+                             "narrow model's label")
+        if (pc.rows is not None and pc.rows < 1) or (pc.steps is not None and pc.steps < 1):
+            raise EmkitError("positive_control.rows and steps must be >= 1 (or left out)")
+    if r.diff.projection_latents < 1 or r.diff.n_boot < 1:
+        raise EmkitError("diff.projection_latents and diff.n_boot must be >= 1")
     if r.realign.model and r.realign.model not in labels:
         raise EmkitError(f"realign.model: no model {r.realign.model!r}", hint=f"models: {', '.join(labels)}")
 

@@ -190,6 +190,9 @@ def check_recipe(recipe: Recipe, stages_run: set[str] | None = None) -> None:
         for key in ("wrong", "right", "check"):
             problems.append(_data_problem(getattr(d, key), f"data.domains[{d.name}].{key}") or "")
     problems.append(_data_problem(recipe.data.benign, "data.benign") or "")
+    if recipe.positive_control.enabled:
+        for key in ("data", "control"):
+            problems.append(_data_problem(getattr(recipe.positive_control, key), f"positive_control.{key}") or "")
     from emkit.data import load_questions
 
     attempt(lambda: load_questions(recipe.eval.questions))
@@ -216,8 +219,8 @@ def check_recipe(recipe: Recipe, stages_run: set[str] | None = None) -> None:
 
 
 def format_plan(items: list[PlanItem], recipe: Recipe, run_dir: Path | None = None) -> str:
-    lines = [f"recipe {recipe.name!r}: model {recipe.model}, {len(recipe.models())} fine-tunes "
-             f"({', '.join(m.label for m in recipe.models())}), run folder {run_dir or recipe.out_dir}"]
+    lines = [f"recipe {recipe.name!r}: model {recipe.model}, {len(recipe.all_models())} fine-tunes "
+             f"({', '.join(m.label for m in recipe.all_models())}), run folder {run_dir or recipe.out_dir}"]
     total = 0.0
     for i, it in enumerate(items, 1):
         mark = {"run": "run ", "done": "done", "skip": "skip", "-": "  - "}.get(it.status, it.status)

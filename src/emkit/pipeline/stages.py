@@ -70,9 +70,20 @@ def _eval_s(r: Recipe) -> float:
     return _answers_s(r, n + checks) + LOAD_S
 
 
-def _train_s(r: Recipe) -> float:
+def _pc(r: Recipe) -> dict[str, Any]:
+    """The positive-control section, only when enabled (so turning nothing on changes no stage hash)."""
+    return {"positive_control": r.positive_control} if r.positive_control.enabled else {}
+
+
+def _finetune_s(r: Recipe) -> float:
+    pc = r.positive_control
+    arm = _train_s(r, pc.rows or 320, pc.steps) * len(r.control_models())
+    return len(r.models()) * _train_s(r) + arm
+
+
+def _train_s(r: Recipe, rows: int | None = None, steps: int | None = None) -> float:
     t = r.train
-    steps = t.max_steps or max(1, int(r.data.rows * t.epochs / (t.batch_size * t.grad_accum)))
+    steps = steps or t.max_steps or max(1, int((rows or r.data.rows) * t.epochs / (t.batch_size * t.grad_accum)))
     per_row = TRAIN_S_PER_ROW * (1.6 if t.method == "full" else 1.0) * min(1.0, t.max_length / 256) ** 0.5
     return steps * t.batch_size * t.grad_accum * per_row * size_factor(r) + LOAD_S
 
@@ -89,6 +100,7 @@ def est_sae(r: Recipe) -> float:
 def est_steer(r: Recipe) -> float:
     n = _n_questions(r, r.steer.n_questions or r.eval.n_questions) * r.steer.samples
     conds = 2 * (r.steer.screen + int(r.steer.random_control) + 1) + 2 * len({abs(a) for a in r.steer.alphas} - {0})
+    conds += 2 * (2 + int(r.steer.random_control)) if r.positive_control.enabled else 0
     return _answers_s(r, n * conds) + 2 * LOAD_S
 
 
@@ -111,16 +123,17 @@ STAGES: list[Stage] = [
           lambda r: {"model": r.model, "eval": r.eval, "domains": r.data.domains, "dtype": r.dtype},
           stage_baseline, _eval_s),
     Stage("finetune", "fine-tune one model per domain and wrong-data fraction", (),
-          lambda r: {"model": r.model, "data": r.data, "train": r.train, "seed": r.seed, "dtype": r.dtype},
-          stage_finetune, lambda r: len(r.models()) * _train_s(r)),
+          lambda r: {"model": r.model, "data": r.data, "train": r.train, "seed": r.seed, "dtype": r.dtype, **_pc(r)},
+          stage_finetune, _finetune_s),
     Stage("evaluate", "evaluate each fine-tune (broad + in-domain questions)", ("baseline", "finetune"),
-          lambda r: {"eval": r.eval}, stage_evaluate, lambda r: len(r.models()) * _eval_s(r)),
+          lambda r: {"eval": r.eval}, stage_evaluate, lambda r: len(r.all_models()) * _eval_s(r)),
     Stage("sae", "train the SAE on the base model (or load it)", (),
           lambda r: {"model": r.model, "sae": r.sae, "corpus_tokens": r.interpret.corpus_tokens, "dtype": r.dtype},
           stage_sae, est_sae),
     Stage("diff", "rank latents by activation increase in the misaligned fine-tunes", ("sae", "evaluate"),
           lambda r: {"diff": r.diff}, stage_diff,
-          lambda r: (len(r.models()) + 1) * (LOAD_S + _n_questions(r, r.eval.n_questions) * 0.05 * size_factor(r))),
+          lambda r: (len(r.all_models()) + 1) * (LOAD_S + _n_questions(r, r.eval.n_questions) * r.eval.samples
+                                                 * 0.1 * size_factor(r)) * (2 if r.diff.inputs == "both" else 1)),
     Stage("interpret", "latent cards: top contexts, logit lens, histograms", ("diff",),
           lambda r: {"interpret": r.interpret}, stage_interpret,
           lambda r: 10 + r.interpret.corpus_tokens / 50000.0 * r.interpret.latents),

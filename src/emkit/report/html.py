@@ -5,7 +5,7 @@ piece of text that came from a model, a data file or a recipe goes through :func
 Content-Security-Policy meta tag forbids scripts and remote loads as a second line of defence.
 Sections (their ids are stable; tests and the README refer to them): ``summary``, ``setup``,
 ``behaviour``, ``per-question``, ``in-domain``, ``latents``, ``cards``, ``steering``,
-``prediction``, ``realignment``, ``samples``, ``provenance``.
+``positive-control``, ``prediction``, ``realignment``, ``samples``, ``provenance``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from string import Template
 from typing import Any
 
 from emkit.report import plots
+from emkit.report.positive import sec_positive_control
 from emkit.report.summary import (
     blind_row,
     compare,
@@ -32,7 +33,7 @@ from emkit.report.summary import (
 SECTIONS = [
     ("summary", "Summary"), ("setup", "Setup"), ("behaviour", "Misalignment vs wrong data"),
     ("per-question", "Per-question rates"), ("in-domain", "Narrow behaviour"), ("latents", "Latent ranking"),
-    ("cards", "Latent cards"), ("steering", "Steering"), ("prediction", "Prediction"),
+    ("cards", "Latent cards"), ("steering", "Steering"), ("positive-control", "Positive control"), ("prediction", "Prediction"),
     ("realignment", "Re-alignment"), ("samples", "Sample answers"), ("provenance", "Provenance"),
 ]
 STAGES = ("baseline", "finetune", "evaluate", "sae", "diff", "interpret", "steer", "predict", "realign")
@@ -218,7 +219,8 @@ def sec_latents(res: dict) -> str:
         return miss
     sae, diff = res["sae"], res["diff"]
     info = _table(["SAE", "value"], [[k, sae.get(k)] for k in ("path", "layer", "hook", "num_latents", "k", "corpus",
-                                                                  "tokens", "heldout_fvu", "dead_frac") if k in sae])
+                                                                  "tokens", "heldout_fvu", "heldout_fvu_chat",
+                                                                  "heldout_fvu_prose", "dead_frac") if k in sae])
     rank = diff.get("ranking") or []
     labels = diff.get("misaligned") or []
     rows = [[i + 1, f"#{r['latent']}", f"{r['score']:.4g}", f"{r.get('base_mean', 0):.4g}"]
@@ -362,7 +364,7 @@ def sec_provenance(res: dict) -> str:
 RENDER = {"summary": sec_summary, "setup": sec_setup, "behaviour": sec_behaviour, "per-question": sec_per_question,
           "in-domain": sec_in_domain, "latents": sec_latents, "cards": sec_cards, "steering": sec_steering,
           "prediction": sec_prediction, "realignment": sec_realignment, "samples": sec_samples,
-          "provenance": sec_provenance}
+          "provenance": sec_provenance, "positive-control": sec_positive_control}
 
 
 def render(res: dict[str, Any], title: str = "emkit report", subtitle: str = "") -> str:

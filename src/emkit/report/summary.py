@@ -281,4 +281,7 @@ def latents(res: dict[str, Any]) -> list[str]:
 
 def summary_sentences(res: dict[str, Any]) -> list[str]:
     """All summary sentences, behaviour first, then latents, steering, prediction and re-alignment."""
-    return behaviour(res) + latents(res)
+    from emkit.report.positive import verdict_sentence
+
+    pc = verdict_sentence(res)
+    return behaviour(res) + ([pc] if pc else []) + latents(res)

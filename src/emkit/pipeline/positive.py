@@ -1,0 +1,81 @@
+"""Pipeline parts of the positive-control arm: evaluate it, and screen its top latent by steering.
+
+The arm (``recipe.positive_control``) is a fine-tune on overtly misaligned answers (``persona``) and
+its correct-data control (``persona-control``); both are trained by the finetune stage with the
+narrow family. Verdicts come from :mod:`emkit.positive_control`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from emkit.pipeline.context import Context
+from emkit.pipeline.recipe import BASE
+
+
+def evaluate_positive_control(ctx: Context, base: dict[str, Any]) -> dict[str, Any] | None:
+    """Evaluate the persona model and its control like the other arms; say whether it was detected."""
+    from emkit.pipeline.behaviour import evaluate_model
+    from emkit.positive_control import detection
+
+    arms = ctx.recipe.control_models()
+    if not arms:
+        return None
+    models = {}
+    for m in arms:
+        models[m.label] = {**evaluate_model(ctx, m.label, []), "arm": m.arm}
+        ctx.release()
+    pos, ctrl = arms[0].label, arms[1].label
+    det = detection(models[pos]["misaligned"], base["misaligned"], models[ctrl]["misaligned"])
+    return {"label": pos, "control": ctrl, "data": ctx.recipe.positive_control.data,
+            "control_data": ctx.recipe.positive_control.control, "models": models, "detection": det}
+
+
+def _rates(row: dict | None) -> dict[str, Any]:
+    from emkit.pipeline.latents import _steer_rate
+
+    return {"misaligned": _steer_rate(row), "coherent": _steer_rate(row, "coherent")}
+
+
+def steer_positive_control(ctx: Context, sae: Any, layer: int, qs: list, scale: float) -> dict[str, Any] | None:
+    """Screen the persona's top latent: + alpha on the base model, − alpha on the persona model, beside
+    a random direction of the same norm (same strength, questions and samples as the main screen)."""
+    from emkit.directions import from_sae, random_direction
+    from emkit.positive_control import steer_effect
+    from emkit.steer import Arm, causal_screen, condition
+
+    r = ctx.recipe
+    st = r.steer
+    arms = r.control_models()
+    rank = ((ctx.result("diff") or {}).get("positive_control") or {}).get("ranking") or []
+    if not arms or not rank:
+        return None
+    latent = rank[0]["latent"]
+    d = from_sae(sae, latent)
+    bm, bt = ctx.load(BASE)
+    pm, pt = ctx.load(arms[0].label)
+    base_arm, pos_arm = Arm(bm, bt, BASE), Arm(pm, pt, arms[0].label)
+    kw = dict(samples=st.samples, positions=st.positions, progress=ctx.progress)
+    causal_screen(ctx.run, base_arm, [d], qs, ctx.judge, r.eval.sampling, layer=layer, alpha=st.screen_alpha,
+                  misaligned=pos_arm, n_random=1 if st.random_control else 0, seed=r.seed, **kw)
+
+    def cond(arm: Any, direction: Any, alpha: float, purpose: str) -> dict[str, Any]:
+        return _rates(condition(ctx.run, arm, layer, direction, alpha, qs, ctx.judge, r.eval.sampling,
+                                purpose=purpose, scale=scale, **kw))
+
+    out: dict[str, Any] = {"latent": latent, "model": arms[0].label, "alpha": st.screen_alpha,
+                           "base_zero": cond(base_arm, d, 0.0, "screen"), "model_zero": cond(pos_arm, d, 0.0, "screen"),
+                           "latent_plus": cond(base_arm, d, st.screen_alpha, "screen"),
+                           "latent_minus": cond(pos_arm, d, -st.screen_alpha, "screen")}
+    if st.random_control:
+        rd = random_direction(d.dim, r.seed, d.norm, layer=layer)
+        out["random_plus"] = cond(base_arm, rd, st.screen_alpha, "control")
+        out["random_minus"] = cond(pos_arm, rd, -st.screen_alpha, "control")
+    mis = {k: v["misaligned"] for k, v in out.items() if isinstance(v, dict) and "misaligned" in v}
+    out["plus"] = steer_effect(mis["latent_plus"], mis.get("random_plus"), mis["base_zero"], +1)
+    out["minus"] = steer_effect(mis["latent_minus"], mis.get("random_minus"), mis["model_zero"], -1)
+    coh0 = out["base_zero"]["coherent"].get("value")
+    coh = out["latent_plus"]["coherent"].get("value")
+    out["plus"]["usable"] = None if coh0 is None or coh is None else bool(coh0 - coh <= st.max_incoherence)
+    ctx.release()
+    return out

@@ -1,0 +1,129 @@
+"""Report section ``positive-control``: did the machinery find the planted persona, and where do the
+narrow fine-tunes sit on its latents (projection on shared inputs, with bootstrap intervals)?"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from emkit.report.summary import fmt_p, fmt_rate
+
+
+def _esc(x: Any) -> str:
+    import html
+
+    return html.escape("" if x is None else str(x), quote=True)
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    h = "".join(f"<th>{_esc(c)}</th>" for c in head)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _ci(p: dict | None) -> str:
+    if not p or p.get("shift") is None:
+        return "–"
+    return f"{p['shift']:+.3g} [{p['lo']:+.3g}, {p['hi']:+.3g}]"
+
+
+def parts(res: dict[str, Any]) -> tuple[dict | None, dict | None, dict | None]:
+    """The positive control's pieces of the evaluate, diff and steer summaries (None where absent)."""
+    return ((res.get("evaluate") or {}).get("positive_control"), (res.get("diff") or {}).get("positive_control"),
+            (res.get("steer") or {}).get("positive_control"))
+
+
+def verdict_sentence(res: dict[str, Any]) -> str | None:
+    """One summary sentence on the positive control, or None when the recipe has none."""
+    from emkit.positive_control import verdict
+
+    ev, df, st = parts(res)
+    if ev is None:
+        return None
+    return verdict(ev, df if "diff" in res else None, st if "steer" in res else None)["text"]
+
+
+def projection_plot(rows: list[dict]) -> str:
+    """Each model's shift on the positive control's latents vs base (dots) and vs its control (squares)."""
+    from emkit.report import plots
+
+    rows = [r for r in rows if (r.get("vs_base") or {}).get("shift") is not None]
+    if not rows:
+        return ""
+    fig, ax = plots.plt.subplots(figsize=(6, 0.35 * len(rows) + 1.0))
+    for i, r in enumerate(rows):
+        for key, off, mark, col in (("vs_base", -0.12, "o", plots.COLORS[0]), ("vs_control", 0.12, "s", plots.COLORS[1])):
+            p = r.get(key)
+            if p and p.get("shift") is not None:
+                ax.errorbar([p["shift"]], [i + off], xerr=[[p["shift"] - p["lo"]], [p["hi"] - p["shift"]]], fmt=mark,
+                            color=col, ms=4, capsize=2, label=key.replace("_", " ") if i == 0 or key not in
+                            ax.get_legend_handles_labels()[1] else None)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([plots._t(r["model"]) for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(0, color="#57606a", lw=0.8)
+    ax.set_xlabel("mean activation shift on the positive control's top latents")
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles, strict=True))
+    ax.legend(uniq.values(), uniq.keys(), fontsize=7, frameon=False)
+    return plots.to_svg(fig)
+
+
+def sec_positive_control(res: dict[str, Any]) -> str:
+    ev, df, st = parts(res)
+    diff = res.get("diff") or {}
+    if ev is None:
+        return ('<p class="missing">This recipe has no positive-control arm (positive_control.enabled), so '
+                "nothing shows whether the pipeline could find a planted misaligned persona.</p>")
+    out = [f"<p><strong>{_esc(verdict_sentence(res))}</strong></p>"]
+    base = ((res.get("baseline") or {}).get("eval") or {}).get("misaligned")
+    det = ev.get("detection") or {}
+    rows = [["base", fmt_rate(base), "", ""]]
+    for lab, m in (ev.get("models") or {}).items():
+        first = lab == ev.get("label")
+        rows.append([lab, fmt_rate(m.get("misaligned")), fmt_p(det.get("p_vs_base")) if first else "",
+                     fmt_p(det.get("p_vs_control")) if first else ""])
+    out.append(f"<h3>Behaviour ({_esc(ev.get('data'))} vs {_esc(ev.get('control_data'))})</h3>"
+               + _table(["model", "misaligned", "p vs base", "p vs its control"], rows))
+    if df:
+        rk = (df.get("ranking") or [])[:8]
+        lab, ctrl = df.get("label"), df.get("control")
+        out.append(f"<h3>Its own top latents (ranked against {_esc(df.get('ranked_against'))}; inputs: "
+                   f"{_esc(diff.get('inputs'))})</h3>" + _table(
+                       ["rank", "latent", "score", f"Δ {lab}", f"Δ {ctrl}"],
+                       [[r["rank"], f"#{r['latent']}", f"{r['score']:.4g}", f"{r['deltas'].get(lab, 0):.4g}",
+                         f"{r['deltas'].get(ctrl, 0):.4g}" if ctrl else "–"] for r in rk]))
+    if st:
+        srows = [[name, fmt_rate((st.get(key) or {}).get("misaligned")),
+                  fmt_rate((st.get(key) or {}).get("coherent"), n=False)]
+                 for name, key in (("base, unsteered", "base_zero"), (f"base + #{st['latent']}", "latent_plus"),
+                                   ("base + random (same norm)", "random_plus"), (f"{st['model']}, unsteered", "model_zero"),
+                                   (f"{st['model']} − #{st['latent']}", "latent_minus"),
+                                   (f"{st['model']} − random", "random_minus")) if key in st]
+        plus, minus = st.get("plus") or {}, st.get("minus") or {}
+        out.append(f"<h3>Steering with its top latent (strength {_esc(st.get('alpha'))})</h3>"
+                   + _table(["condition", "misaligned", "coherent"], srows)
+                   + f"<p>Latent vs random: + on base {fmt_p(plus.get('p_vs_random'))}, − on {_esc(st['model'])} "
+                     f"{fmt_p(minus.get('p_vs_random'))} (Fisher).</p>")
+    proj = diff.get("projection")
+    if proj:
+        prow = [[r["model"], _ci(r.get("vs_base")), r.get("control") or "", _ci(r.get("vs_control")),
+                 "–" if r.get("relative") is None else f"{r['relative']:.2f}"] for r in proj.get("rows", [])]
+        out.append(f"<h3>Projection on its top {len(proj.get('latents', []))} latents (shared inputs)</h3>"
+                   "<p>Does wrong advice move the persona direction beyond the correct-data control? Mean activation "
+                   f"shift on latents {_esc(', '.join('#' + str(x) for x in proj.get('latents', [])))}, with bootstrap "
+                   f"95% intervals over the {_esc((proj.get('rows') or [{}])[0].get('vs_base', {}).get('n_texts'))} "
+                   f"shared texts; relative = share of {_esc(proj.get('reference'))}'s own shift.</p>"
+                   + projection_plot(proj.get("rows", []))
+                   + _table(["model", "shift vs base [95% CI]", "control", "shift vs control [95% CI]", "relative"],
+                            prow))
+    elif diff:
+        out.append('<p class="missing">No projection: it needs diff.inputs shared (or both).</p>')
+    own = diff.get("own")
+    if own:
+        orank = (own.get("ranking") or [])[:8]
+        srank = (diff.get("ranking") or [])[:8]
+        out.append("<h3>Shared inputs vs own answers (narrow ranking, top 8)</h3>" + _table(
+            ["rank", "shared: latent", "score", "own answers: latent", "score"],
+            [[i + 1, f"#{a['latent']}", f"{a['score']:.4g}", f"#{b['latent']}", f"{b['score']:.4g}"]
+             for i, (a, b) in enumerate(zip(srank, orank, strict=False))]))
+    return "".join(out)
