@@ -60,8 +60,9 @@ def register(app: typer.Typer) -> None:
             raise EmkitError(f"{run_dir} holds no pipeline results", hint="run `emkit run RECIPE` first")
         from emkit.pipeline.recipe import STAGE_NAMES
         from emkit.pipeline.runner import read_result
-        from emkit.run import read_manifest
+        from emkit.run import lock_run, read_manifest
 
+        lock_run(run_dir)  # not while an `emkit run` writes there
         read_manifest(run_dir / "manifest.json")  # a corrupt file is named, with what to do
         for stage in STAGE_NAMES:
             read_result(run_dir, stage)

@@ -6,14 +6,8 @@ import json
 from pathlib import Path
 
 from emkit.data import builtin
-from emkit.data.formats import (
-    BadRows,
-    read_chat_jsonl,
-    read_text_checked,
-    read_zip,
-    record_to_row,
-    text_lines,
-)
+from emkit.data.formats import BadRows, read_chat_jsonl, read_zip, record_to_row
+from emkit.data.lines import read_text_checked, text_lines
 from emkit.data.schema import ChatRow
 from emkit.errors import EmkitError
 

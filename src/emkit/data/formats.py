@@ -9,9 +9,9 @@
 - grader prompts kept as string constants in ``.py`` files, read with :mod:`ast`, never executed.
 
 Bad rows raise :class:`EmkitError`; with ``skip_bad=True`` they are skipped, counted, and reported
-in one :class:`DataWarning` per file. Nothing is dropped silently. Text is decoded line by line: a
-line that is not UTF-8 is a bad row named by file, line and byte offset, and a line longer than
-``$EMKIT_MAX_LINE_BYTES`` (default 16 MiB) is refused before it is held in memory.
+in one :class:`DataWarning` per file. Nothing is dropped silently. Text is decoded line by line
+(:mod:`emkit.data.lines`): a line that is not UTF-8 is a bad row named by file, line and byte
+offset, and a line longer than ``$EMKIT_MAX_LINE_BYTES`` (default 16 MiB) is refused unread.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import ast
 import csv
 import io
-import itertools
 import json
 import os
 import re
@@ -31,12 +30,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from emkit.data.lines import read_text_checked, text_lines
 from emkit.data.schema import ROLES, ChatRow
 from emkit.errors import EmkitError
 
 PASSWORD_ENV = "EMKIT_ZIP_PASSWORD"
-MAX_LINE_ENV = "EMKIT_MAX_LINE_BYTES"
-DEFAULT_MAX_LINE = 16 << 20
 
 
 class DataWarning(UserWarning):
@@ -67,66 +65,6 @@ class BadRows:
 
 
 # ---------------------------------------------------------------- rows
-
-
-def max_line_bytes() -> int:
-    """The longest line read from a data file, in bytes (``$EMKIT_MAX_LINE_BYTES``, default 16 MiB)."""
-    raw = os.environ.get(MAX_LINE_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_LINE
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise EmkitError(f"${MAX_LINE_ENV} must be a positive number of bytes, got {raw!r}")
-    return value
-
-
-def _size(n: int) -> str:
-    return f"{n / (1 << 20):g} MiB" if n >= 1 << 20 else f"{n} bytes"
-
-
-def text_lines(raw: IO[bytes], source: str, bad: BadRows | None = None) -> Iterator[tuple[int, str]]:
-    """(line number, text) of a binary stream, decoded as UTF-8 one line at a time.
-
-    A line longer than :func:`max_line_bytes` raises before it is read whole. A line that is not
-    UTF-8 raises, naming the line and the byte offset in the file; with ``bad`` it is handed to
-    ``bad.add`` (skipped and counted under ``skip_bad``).
-    """
-    cap = max_line_bytes()
-    offset = 0
-    for n in itertools.count(1):
-        b = raw.readline(cap + 1)
-        if not b:
-            return
-        if len(b) > cap and not (len(b) == cap + 1 and b.endswith(b"\n")):
-            raise EmkitError(f"{source}:{n}: line is longer than {_size(cap)}",
-                             hint=f"a data row this long is likely a broken file; raise ${MAX_LINE_ENV} to read it")
-        try:
-            text = b.decode("utf-8")
-        except UnicodeDecodeError as e:
-            err = EmkitError(f"{source}:{n}: not valid UTF-8 (byte 0x{b[e.start]:02x} at byte offset "
-                             f"{offset + e.start})", hint="save the file as UTF-8")
-            offset += len(b)
-            if bad is None:
-                raise err from None
-            bad.add(err)
-            continue
-        offset += len(b)
-        yield n, (text[1:] if n == 1 and text.startswith("\ufeff") else text)
-
-
-def read_text_checked(path: str | Path) -> str:
-    """A whole text file (YAML, JSON, CSV, .py) as UTF-8; bad bytes are named by line and byte offset."""
-    p = Path(path)
-    data = p.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise EmkitError(f"{p}: line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at byte offset {e.start})",
-                         hint="save the file as UTF-8") from None
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:

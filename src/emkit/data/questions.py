@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from emkit.data.formats import BadRows, read_csv_records, read_text_checked, text_lines
+from emkit.data.formats import BadRows, read_csv_records
+from emkit.data.lines import read_text_checked, text_lines
 from emkit.data.schema import Question
 from emkit.errors import EmkitError
 
