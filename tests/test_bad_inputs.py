@@ -310,3 +310,26 @@ def test_an_unexpected_failure_is_one_line_too(sandbox, capsys, monkeypatch):
     code, out, err = run_cli(_mix()(sandbox), sandbox, capsys, monkeypatch)
     assert code == 1 and error_lines(err) == ["error: unexpected ZeroDivisionError: division by zero (hint: run again "
                                               "with --debug for the traceback, and please report it)"]
+
+
+def test_a_huge_line_in_a_small_zip_is_refused_in_bounded_memory(tmp_path):
+    """A 64 MiB line compresses to well under 1 MB; reading stops at the cap (16 MiB), not at the line's end."""
+    import tracemalloc
+
+    from emkit.data import load_dataset
+    from emkit.errors import EmkitError
+
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("d/train.jsonl", "w", force_zip64=True) as f:
+        for _ in range(4):
+            f.write(b"a" * (16 << 20))
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(EmkitError, match="longer than 16 MiB"):
+            load_dataset(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    print(f"peak traced memory: {peak / (1 << 20):.0f} MiB for a 64 MiB line")
+    assert peak < 64 << 20
