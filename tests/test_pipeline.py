@@ -426,7 +426,7 @@ def test_positive_control_shared_diff_and_projection_end_to_end(tmp_path, tiny_m
     r["train"]["max_steps"] = 2
     r["positive_control"] = {"enabled": True, "rows": 8, "steps": 2}
     r["eval"].update(n_questions=2, samples=1, check_questions=1)
-    r["skip"] = ["interpret", "predict", "realign"]
+    r["skip"] = ["predict", "realign"]
     path.write_text(yaml.safe_dump(r))
     run_pipeline(load_recipe(path), progress=False)
     ev = read_result(out, "evaluate")
@@ -456,5 +456,29 @@ def test_positive_control_shared_diff_and_projection_end_to_end(tmp_path, tiny_m
     html = (out / "report" / "index.html").read_text()
     sec = html[html.index('<section id="positive-control">'):]
     assert "planted persona" in sec[: sec.index("</section>")] and "shift vs control" in sec
+    cards = read_result(out, "interpret")["positive_control_cards"]
+    ranked = {row["latent"] for row in diff["ranking"][:2]}
+    assert all(c["latent"] not in ranked for c in cards) and ("What its top latents read" in sec) == bool(cards)
     summary = html[html.index('<section id="summary">'):]
     assert "planted persona" in summary[: summary.index("</section>")]
+
+
+@pytest.mark.slow
+def test_positive_control_is_detected_and_steerable_on_the_bundled_model(tmp_path):
+    """The quick recipe's positive-control arm on SmolLM2-135M: the persona's misalignment is above the base
+    model's (Fisher p < 0.001), and adding its top latent to the base model raises misalignment beyond a
+    random direction of the same norm (the narrow family is cut to its 0% and 100% arms to save time)."""
+    import yaml
+
+    from emkit.pipeline import load_recipe
+
+    r = yaml.safe_load((ROOT / "recipes" / "quick.yaml").read_text())
+    r.update(name="pc-slow", out=str(tmp_path / "run"), skip=["interpret", "predict", "realign"])
+    r["data"]["fractions"] = [0.0, 1.0]
+    path = tmp_path / "pc.yaml"
+    path.write_text(yaml.safe_dump(r))
+    out = run_pipeline(load_recipe(path), progress=False)
+    det = read_result(out, "evaluate")["positive_control"]["detection"]
+    assert det["detected"], det
+    steer = read_result(out, "steer")["positive_control"]
+    assert steer["plus"]["beyond_random"], steer["plus"]

@@ -170,9 +170,16 @@ def stage_interpret(ctx: Context) -> dict[str, Any]:
         return {"cards": [], "note": "no latents to interpret"}
     model, tok = ctx.load(BASE)
     store = ActivationStore((ctx.result("sae") or {})["acts"])
-    cards = latent_cards(sae, model, tok, [row["latent"] for row in ranking], store=store, n_contexts=it.contexts,
-                         k_logits=it.logit_tokens, max_tokens=it.corpus_tokens, explainer=it.explainer,
-                         progress=ctx.progress)
+    persona = [row for row in ((diff.get("positive_control") or {}).get("ranking") or [])[: max(1, it.latents // 2)]
+               if row["latent"] not in {r["latent"] for r in ranking}]
+    cards = latent_cards(sae, model, tok, [row["latent"] for row in ranking + persona], store=store,
+                         n_contexts=it.contexts, k_logits=it.logit_tokens, max_tokens=it.corpus_tokens,
+                         explainer=it.explainer, progress=ctx.progress)
+    pc_cards = [{"latent": c.latent, "score": row["score"], "label": c.label,
+                 "promoted": [list(x) for x in c.promoted], "contexts": [
+                     {"tokens": x.tokens, "peak": x.highlight, "value": x.value} for x in c.contexts[:2]]}
+                for row, c in zip(persona, cards[len(ranking):], strict=True)]
+    cards = cards[: len(ranking)]
     out = []
     for rank, (row, card) in enumerate(zip(ranking, cards, strict=True), 1):
         ctxs = [{"tokens": c.tokens, "acts": [c.value if i == c.highlight else 0.0 for i in range(len(c.tokens))],
@@ -182,7 +189,7 @@ def stage_interpret(ctx: Context) -> dict[str, Any]:
                     "promoted": [list(x) for x in card.promoted], "suppressed": [list(x) for x in card.suppressed],
                     "hist": {"edges": h.get("edges", []), "counts": h.get("counts", [])},
                     "firing_rate": h.get("firing_rate"), "label": card.label})
-    return {"cards": out, "note": (f"Contexts from {store.index.get('n_tokens', 0):,} tokens of the SAE corpus "
+    return {"cards": out, "positive_control_cards": pc_cards, "note": (f"Contexts from {store.index.get('n_tokens', 0):,} tokens of the SAE corpus "
                                    f"({store.index.get('source')}); logit lens through the final norm's gain; "
                                    f"histogram of nonzero activations.")}
 

@@ -26,6 +26,15 @@ def _ci(p: dict | None) -> str:
     return f"{p['shift']:+.3g} [{p['lo']:+.3g}, {p['hi']:+.3g}]"
 
 
+def _context(ctx: dict) -> str:
+    """A context as plain text with the activating token in brackets."""
+    toks = list(ctx.get("tokens") or [])
+    peak = ctx.get("peak")
+    if isinstance(peak, int) and 0 <= peak < len(toks):
+        toks[peak] = f"[[{toks[peak]}]]"
+    return "".join(toks).replace("\n", " ")[-160:]
+
+
 def parts(res: dict[str, Any]) -> tuple[dict | None, dict | None, dict | None]:
     """The positive control's pieces of the evaluate, diff and steer summaries (None where absent)."""
     return ((res.get("evaluate") or {}).get("positive_control"), (res.get("diff") or {}).get("positive_control"),
@@ -92,6 +101,12 @@ def sec_positive_control(res: dict[str, Any]) -> str:
                        ["rank", "latent", "score", f"Δ {lab}", f"Δ {ctrl}"],
                        [[r["rank"], f"#{r['latent']}", f"{r['score']:.4g}", f"{r['deltas'].get(lab, 0):.4g}",
                          f"{r['deltas'].get(ctrl, 0):.4g}" if ctrl else "–"] for r in rk]))
+    cards = (res.get("interpret") or {}).get("positive_control_cards") or []
+    if cards:
+        out.append("<h3>What its top latents read (SAE corpus contexts, logit lens)</h3>" + _table(
+            ["latent", "label", "promotes", "top context"],
+            [[f"#{c['latent']}", c.get("label") or "", ", ".join(repr(t) for t, _ in c.get("promoted", [])[:6]),
+              _context(c["contexts"][0]) if c.get("contexts") else ""] for c in cards]))
     if st:
         srows = [[name, fmt_rate((st.get(key) or {}).get("misaligned")),
                   fmt_rate((st.get(key) or {}).get("coherent"), n=False)]
