@@ -107,10 +107,12 @@ class ApiJudge(BaseJudge):
                     return resp
                 last = MalformedResponse(f"a body without choices ({type(resp).__name__})")
             except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+                self._stop.set()  # fatal: the other workers send nothing new
                 raise EmkitError(f"the judge API at {public_host(self.base_url)} refused the credentials "
                                  f"(HTTP {e.status_code})",
                                  hint=f"check the key in the environment variable {self.api_key_env}") from None
             except openai.NotFoundError:
+                self._stop.set()
                 raise EmkitError(f"the judge API at {public_host(self.base_url)} does not know model {self.model!r} "
                                  "(HTTP 404)", hint="check --judge and --base-url") from None
             except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
@@ -120,6 +122,7 @@ class ApiJudge(BaseJudge):
                 if e.status_code in (408, 409) or e.status_code >= 500:
                     last = e
                 else:
+                    self._stop.set()
                     raise EmkitError(f"the judge API rejected the request (HTTP {e.status_code}): "
                                      f"{self._scrub(str(e))[:300]}") from None
             except (ValueError, openai.APIResponseValidationError) as e:  # a truncated or garbled body
