@@ -213,6 +213,15 @@ def sec_in_domain(res: dict) -> str:
             + _table(["model", "domain", "wrong advice", "too short / incoherent"], rows))
 
 
+def _inputs_note(diff: dict) -> str:
+    if diff.get("inputs") == "shared":
+        si = diff.get("shared_inputs") or {}
+        pool = ", ".join(f"{n} of {lab}'s" for lab, n in (si.get("answers") or {}).items())
+        return (f"shared — every model teacher-forced on the same {si.get('texts')} texts ({si.get('prompts')} eval "
+                f"prompts, answers: {pool})")
+    return "each model's own sampled answers" if diff.get("inputs") == "own" else "eval prompts/own answers"
+
+
 def sec_latents(res: dict) -> str:
     miss = _missing(res, "sae", "diff")
     if miss:
@@ -226,7 +235,7 @@ def sec_latents(res: dict) -> str:
     rows = [[i + 1, f"#{r['latent']}", f"{r['score']:.4g}", f"{r.get('base_mean', 0):.4g}"]
             + [f"{r.get('deltas', {}).get(lab, 0):.4g}" for lab in labels] for i, r in enumerate(rank)]
     return (info + f"<p>Ranked over: {esc(', '.join(labels))} — {esc(diff.get('why', ''))}; "
-            f"token set: {esc(diff.get('tokens'))}.</p>" + plots.ranking(rank)
+            f"token set: {esc(diff.get('tokens'))}; inputs: {esc(_inputs_note(diff))}.</p>" + plots.ranking(rank)
             + _table(["rank", "latent", "score", "base mean", *[f"Δ {lab}" for lab in labels]], rows,
                      num={0, 2, 3, *range(4, 4 + len(labels))}))
 
