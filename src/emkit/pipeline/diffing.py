@@ -110,7 +110,7 @@ def shared_diff(ctx: Context, sae: Any, layer: int, qs: list, misaligned: list[s
     pos, ctrl = (arms[0].label, arms[1].label) if arms else (None, None)
     pool_labels = [BASE] + ([pos] if pos else [])
     pools = {lab: answer_chats(ctx, lab, qs) for lab in pool_labels}
-    prompts = eval_items(qs)
+    prompts = eval_items(qs) if d.tokens != "answer" else []  # prompts alone hold no answer tokens
     items = shared_items(prompts, list(pools.values()))
     source = shared_source(items)
     sid = sae_id(sae)

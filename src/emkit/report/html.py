@@ -217,8 +217,8 @@ def _inputs_note(diff: dict) -> str:
     if diff.get("inputs") == "shared":
         si = diff.get("shared_inputs") or {}
         pool = ", ".join(f"{n} of {lab}'s" for lab, n in (si.get("answers") or {}).items())
-        return (f"shared — every model teacher-forced on the same {si.get('texts')} texts ({si.get('prompts')} eval "
-                f"prompts, answers: {pool})")
+        return (f"shared — every model teacher-forced on the same {si.get('texts')} texts (eval prompts with "
+                f"answers: {pool}; duplicates dropped)")
     return "each model's own sampled answers" if diff.get("inputs") == "own" else "eval prompts/own answers"
 
 
