@@ -107,7 +107,7 @@ def text_sums(sae: Any, model: Any, tok: Any, layer: int, items: Sequence[Any], 
 
     cfg = cfg or DiffConfig()
     n_lat = sae.num_latents
-    sums = torch.zeros(len(items), n_lat, dtype=torch.float64)
+    sums = torch.zeros(len(items), n_lat, dtype=torch.float32)
     counts = torch.zeros(len(items), dtype=torch.int64)
     fired = torch.zeros(n_lat, dtype=torch.float64)
     bar = tqdm(total=len(items), desc=f"latents [{label}]", unit="seq", disable=not progress)
@@ -121,14 +121,14 @@ def text_sums(sae: Any, model: Any, tok: Any, layer: int, items: Sequence[Any], 
         block = torch.cat(rows)
         if len(block):
             idx, vals = sae.encode(block.to(sae.W_dec.device))
-            idx, vals = idx.cpu(), vals.double().cpu()
+            idx, vals = idx.cpu(), vals.float().cpu()
             sums.index_put_((owner[:, None].expand_as(idx).reshape(-1), idx.reshape(-1)), vals.reshape(-1),
                             accumulate=True)
             fired.index_add_(0, idx.reshape(-1), (vals.reshape(-1) > 0).double())
             counts.index_add_(0, owner, torch.ones_like(owner))
         bar.update(len(seqs))
     bar.close()
-    return TextSums(sums.float(), counts, fired)
+    return TextSums(sums, counts, fired)
 
 
 def shared_items(prompts: Sequence[Any], pools: Sequence[Sequence[Any]]) -> list[Any]:
