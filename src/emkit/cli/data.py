@@ -201,7 +201,8 @@ def register(app: typer.Typer) -> None:
             subprocess.run(["bash", str(script)], check=False)
         for name, ok in corpus.available_sources().items():
             say(out, f"{name}: {'present' if ok else 'missing'}")
-        for text in itertools.islice(corpus.iter_documents(spec), show):
+        for doc in itertools.islice(corpus.iter_documents(spec), show):
+            text = doc if isinstance(doc, str) else "\n".join(f"[{m['role']}] {m['content']}" for m in doc)
             say(out, f"---\n{text[:500]}")
         if stats:
             t = Table("source", "documents", "characters", "tokens (bundled tokenizer)")
