@@ -51,6 +51,25 @@ def verdict_sentence(res: dict[str, Any]) -> str | None:
     return verdict(ev, df if "diff" in res else None, st if "steer" in res else None)["text"]
 
 
+def projection_sentence(res: dict[str, Any]) -> str | None:
+    """Where the narrow fine-tunes sit on the positive control's latents, vs base and vs their control."""
+    proj = (res.get("diff") or {}).get("projection") or {}
+    ref = proj.get("reference")
+    rows = [r for r in proj.get("rows", []) if r.get("control") and r["model"] != ref]
+    if not rows:
+        return None
+    parts = [f"{r['model']} {_ci(r.get('vs_control'))} vs {r['control']}" for r in rows]
+    own = next((r for r in proj["rows"] if r["model"] == ref), {})
+    return (f"Projection on the positive control's top {len(proj.get('latents', []))} latents (mean activation shift "
+            f"on shared inputs, 95% bootstrap CI): {'; '.join(parts)}; {ref} itself {_ci(own.get('vs_base'))} vs base. "
+            "An interval above 0 vs the control means wrong advice moved the persona direction beyond correct advice.")
+
+
+def summary_lines(res: dict[str, Any]) -> list[str]:
+    """The positive control's summary sentences (none when the recipe has no such arm)."""
+    return [s for s in (verdict_sentence(res), projection_sentence(res)) if s]
+
+
 def projection_plot(rows: list[dict]) -> str:
     """Each model's shift on the positive control's latents vs base (dots) and vs its control (squares)."""
     from emkit.report import plots

@@ -281,7 +281,6 @@ def latents(res: dict[str, Any]) -> list[str]:
 
 def summary_sentences(res: dict[str, Any]) -> list[str]:
     """All summary sentences, behaviour first, then latents, steering, prediction and re-alignment."""
-    from emkit.report.positive import verdict_sentence
+    from emkit.report.positive import summary_lines
 
-    pc = verdict_sentence(res)
-    return behaviour(res) + ([pc] if pc else []) + latents(res)
+    return behaviour(res) + summary_lines(res) + latents(res)
