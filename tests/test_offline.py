@@ -9,7 +9,7 @@ import sys
 import huggingface_hub.constants as hub
 import pytest
 
-from emkit.models import offline
+from emkit.models import load, offline
 from emkit.models.load import resolve_spec
 
 NETWORK_NOISE = ("Name or service not known", "Unable to fetch remote file", "Could not find a config file",
@@ -24,6 +24,7 @@ def fresh(monkeypatch):
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(offline, "USER_CHOSE", False)
     monkeypatch.setattr(offline, "_state", {"ours": False})
+    monkeypatch.setattr(load, "check_hub_reachable", lambda repo: None)  # as if the Hub answered
 
 
 def test_a_local_folder_goes_offline_and_a_hub_id_back_online(fresh, tiny_model_dir):
