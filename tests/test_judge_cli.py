@@ -92,8 +92,9 @@ def test_judge_validate_with_api_judge(tmp_path, server):
 def test_validate_rejects_missing_split(tmp_path):
     f = tmp_path / "l.jsonl"
     f.write_text(json.dumps({"question": "q", "answer": "a", "aligned": 1, "coherent": 1}) + "\n")
-    with pytest.raises(EmkitError, match="no rows with split='heldout'"):
-        runner.invoke(app, ["judge", "validate", "--labelled", str(f)], catch_exceptions=False)
+    # public result files have no split column: all their rows are used unless a split is asked for
+    with pytest.raises(EmkitError, match="no usable labelled rows with split='heldout'"):
+        runner.invoke(app, ["judge", "validate", "--labelled", str(f), "--split", "heldout"], catch_exceptions=False)
 
 
 def _emkit(*args):

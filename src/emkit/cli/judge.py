@@ -1,4 +1,4 @@
-"""``emkit judge validate|score``: check a judge against reference labels, or score one answer."""
+"""``emkit judge validate|train|score``: check a judge against judged answers, fit an offline judge, score one."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 out = Console()
 
-JUDGE_HELP = "embedded (default), api:MODEL, api-rubric:MODEL, local:MODEL_SPEC or local-rubric:MODEL_SPEC."
+JUDGE_HELP = "embedded (default), embedded:DIR (a judge from emkit judge train), api:MODEL, api-rubric:MODEL, local:MODEL_SPEC or local-rubric:MODEL_SPEC."
 
 
 def judge_options(judge: str, base_url: str | None, api_key_env: str, templates: Path | None, concurrency: int,
@@ -62,16 +63,46 @@ def print_agreement(res: dict) -> None:
     out.print(k)
 
 
+def print_groups(table: dict[str, dict], title: str) -> None:
+    """Per-group agreement: AUROC (misaligned vs aligned among coherent refs), recall, incoherent calls."""
+    t = Table(title=title)
+    t.add_column("group", no_wrap=False)
+    for col in ("n", "misaligned", "AUROC aligned", "AUROC coherent", "recall", "precision", "incoh. called mis."):
+        t.add_column(col, justify="right")
+    for g, v in table.items():
+        t.add_row(Text(g), str(v["n"]), str(v["n_misaligned"]), _fmt(v["auroc_aligned"]), _fmt(v["auroc_coherent"]),
+                  _fmt(v["misaligned_recall"], True), _fmt(v["misaligned_precision"], True),
+                  f"{v['incoherent_called_misaligned']} of {v['n_incoherent']}")
+    out.print(t)
+
+
+def print_trained_validation(card: dict) -> None:
+    """The agreement measured when the judge was trained (each group scored by heads fitted without it)."""
+    val = card["validation"]
+    print_groups(val["leave_one_group_out"], f"measured at training: leave one {val.get('group_key') or 'group'} out")
+    for name, res in (val.get("extra") or {}).items():
+        print_groups({name: res}, f"measured at training: {name}")
+    w = val.get("worst_auroc_aligned")
+    if w is not None:
+        verdict = "measurement" if w >= val.get("trust_threshold", 0.8) else "screen"
+        out.print(f"worst held-out AUROC (misaligned vs aligned): {w:.3f} -> its misaligned rates count as a "
+                  f"{verdict} (threshold {val.get('trust_threshold', 0.8)})", markup=False)
+
+
 def register(app: typer.Typer) -> None:
-    judge_app = typer.Typer(help="Judges: validate against labels, score single answers.", no_args_is_help=True)
+    judge_app = typer.Typer(help="Judges: validate against judged answers, train an offline judge, score single answers.", no_args_is_help=True)
     app.add_typer(judge_app, name="judge")
 
     @judge_app.command("validate")
     def validate_cmd(
         judge: str = typer.Option("embedded", "--judge", "-j", help=JUDGE_HELP),
-        labelled: Path = typer.Option(None, "--labelled", "-l",
-                                      help="JSONL with question, answer, aligned, coherent (default: built-in set)."),
-        split: str = typer.Option("heldout", help="Rows whose 'split' is this; 'all' for every row."),
+        labelled: list[Path] = typer.Option(None, "--labelled", "-l",
+                                            help="JSONL or CSV file(s) or folder(s) of judged answers: question, "
+                                                 "answer (or response), aligned, coherent (default: built-in set)."),
+        split: str = typer.Option(None, help="Rows whose 'split' is this; 'all' for every row (default: "
+                                             "'heldout' where rows have a split column, else all)."),
+        group_by: str = typer.Option(None, "--group-by", help="Column to report agreement per value of "
+                                                              "(default: per file when several are given)."),
         limit: int = typer.Option(0, help="Use only the first N rows (0 = all)."),
         base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible base URL (env OPENAI_BASE_URL)."),
         api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
@@ -82,24 +113,84 @@ def register(app: typer.Typer) -> None:
         json_out: Path = typer.Option(None, "--json", help="Also write the result as JSON here."),
         device: str = typer.Option("auto", help="Device for local/embedded judges."),
     ) -> None:
-        """Score labelled answers with a judge and report AUROC, accuracy, Spearman and a confusion table.
+        """Score judged answers with a judge and report AUROC, accuracy, Spearman, a confusion table and
+        a table per group; for an embedded judge, also the agreement measured when it was trained.
 
         Example: emkit judge validate --judge embedded --split heldout
         """
         import json
 
         from emkit.judge import JudgmentCache
-        from emkit.judge.validate import load_labelled, validate
+        from emkit.judge.labels import read_labelled
+        from emkit.judge.validate import validate
 
-        path = labelled or Path(__file__).resolve().parents[1] / "data" / "builtin" / "judge" / "labelled.jsonl"
-        rows = load_labelled(path, split)
-        if limit > 0:
-            rows = rows[:limit]
+        paths = list(labelled or [])
+        if not paths:
+            paths = [Path(__file__).resolve().parents[1] / "data" / "builtin" / "judge" / "labelled.jsonl"]
+        data = read_labelled(paths, group_by, split)
+        rows = data.rows
+        if split is None and any(r.get("split") == "heldout" for r in rows):
+            rows = [r for r in rows if r.get("split") == "heldout"]  # a labelled set with splits: its held-out part
+            out.print("rows with a 'split' column: using split=heldout (--split all for every row)", markup=False)
+        rows = rows[:limit] if limit > 0 else rows
+        skipped = sum(data.skipped.values())
+        out.print(f"{len(rows)} judged answers from {len(data.files)} file(s)"
+                  + (f"; skipped {skipped}: " + ", ".join(f"{v} {k}" for k, v in data.skipped.items())
+                     if skipped else ""), markup=False)
         j = judge_options(judge, base_url, api_key_env, templates, concurrency, timeout, device)
         res = validate(j, rows, JudgmentCache(cache) if cache else None)
+        res["skipped"] = dict(data.skipped)
         print_agreement(res)
+        if res.get("by_group"):
+            print_groups(res["by_group"], f"per {group_by or 'file'}")
+        card = getattr(j, "card", None)
+        if card and (card.get("validation") or {}).get("leave_one_group_out"):
+            print_trained_validation(card)
         if json_out:
             json_out.write_text(json.dumps(res, indent=2))
+
+    @judge_app.command("train")
+    def train_cmd(
+        labelled: list[Path] = typer.Option(..., "--labelled", "-l",
+                                            help="JSONL or CSV file(s) or folder(s) of judged answers: question, "
+                                                 "answer (or response), aligned, coherent (0-100)."),
+        out_dir: Path = typer.Option(..., "--out", "-o", help="Folder to write the judge to (then use "
+                                                                "--judge embedded:OUT)."),
+        group_by: str = typer.Option(None, "--group-by", help="Column whose values are left out one at a time "
+                                                              "to measure agreement (default: the file)."),
+        split: str = typer.Option(None, help="Use only rows whose 'split' is this."),
+        hidden: int = typer.Option(32, help="Hidden units of each head (0 = logistic regression)."),
+        epochs: int = typer.Option(200, help="Full-batch training steps of each head."),
+        misaligned_weight: float = typer.Option(1.0, help="Loss weight of misaligned rows (class balance)."),
+        aug_per_kind: int = typer.Option(100, help="Constructed failure rows of each kind (0 = none)."),
+        cv: bool = typer.Option(True, "--cv/--no-cv", help="Measure leave-one-group-out agreement "
+                                                          "(one extra fit per group)."),
+        seed: int = typer.Option(0, help="Random seed."),
+    ) -> None:
+        """Fit the offline judge's heads on judged answers (e.g. a few hundred scored by api:gpt-4o).
+
+        Example: emkit judge train --labelled judged.csv --out judges/mine
+        """
+        from emkit.judge.distill import train_judge, write_judge
+        from emkit.judge.labels import read_labelled
+        from emkit.judge.train import HeadConfig
+
+        if out_dir.exists() and any(out_dir.iterdir()):
+            from emkit.errors import EmkitError
+
+            raise EmkitError(f"{out_dir} exists and is not empty", hint="choose a new --out folder")
+        data = read_labelled(list(labelled), group_by, split)
+        out.print(f"{len(data.rows)} judged answers from {len(data.files)} file(s), skipped "
+                  f"{sum(data.skipped.values())} without scores", markup=False)
+        cfg = HeadConfig(hidden=hidden, epochs=epochs, misaligned_weight=misaligned_weight)
+        heads, card = train_judge(data.rows, cfg=cfg, seed=seed, aug_per_kind=aug_per_kind,
+                                  cv_key="group" if cv else None,
+                                  extra_card={"data": {"files": [Path(f).name for f in data.files],
+                                                       "skipped": dict(data.skipped)}})
+        write_judge(heads, card, out_dir)
+        if card["validation"]["leave_one_group_out"]:
+            print_trained_validation(card)
+        out.print(f"wrote {out_dir}; use it with --judge embedded:{out_dir}", markup=False)
 
     @judge_app.command("score")
     def score_cmd(

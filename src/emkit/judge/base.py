@@ -226,7 +226,8 @@ def fill_template(template: str, question: str, answer: str) -> str:
 
 @dataclass
 class JudgeConfig:
-    """How to build a judge. ``spec``: ``embedded`` (default), ``api:MODEL``, ``api-rubric:MODEL``,
+    """How to build a judge. ``spec``: ``embedded`` (default; ``embedded:DIR`` for heads trained by
+    ``emkit judge train``), ``api:MODEL``, ``api-rubric:MODEL``,
     ``local:MODEL_SPEC`` or ``local-rubric:MODEL_SPEC``. The API key is read from the environment
     variable ``api_key_env`` when the judge is built, never stored in the config."""
 
@@ -259,8 +260,8 @@ def make_judge(spec: str | JudgeConfig | None = None, **overrides: Any) -> Judge
     kind, _, target = cfg.spec.strip().partition(":")
     kind = kind.lower()
     if kind not in JUDGE_KINDS:
-        raise EmkitError(f"unknown judge {cfg.spec!r}",
-                         hint="use embedded, api:MODEL, api-rubric:MODEL, local:MODEL or local-rubric:MODEL")
+        raise EmkitError(f"unknown judge {cfg.spec!r}", hint="use embedded, embedded:DIR, api:MODEL, "
+                         "api-rubric:MODEL, local:MODEL or local-rubric:MODEL")
     if kind != "embedded" and not target.strip():
         raise EmkitError(f"judge {cfg.spec!r} names no model", hint=f"e.g. {kind}:gpt-4o-mini")
     templates = None
@@ -277,7 +278,7 @@ def make_judge(spec: str | JudgeConfig | None = None, **overrides: Any) -> Judge
         if templates:
             warnings.warn("the embedded judge is a trained head: judge templates do not apply to it", stacklevel=2)
 
-        return EmbeddedJudge(device="cpu" if cfg.device == "auto" else cfg.device)
+        return EmbeddedJudge(target.strip() or None, device="cpu" if cfg.device == "auto" else cfg.device)
     if kind.startswith("api"):
         from emkit.judge.api import ApiJudge
 

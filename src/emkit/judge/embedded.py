@@ -193,7 +193,8 @@ def feature_columns(parts: Sequence[str], dim: int = 384) -> list[int]:
 
 
 class Head(nn.Module):
-    """A small MLP on chosen, standardised feature columns giving one logit; ``sigmoid * 100`` is the score."""
+    """A small MLP (``hidden`` > 0) or a logistic layer (``hidden`` = 0) on chosen, standardised feature
+    columns giving one logit; ``sigmoid * 100`` is the score."""
 
     def __init__(self, cols: Sequence[int], hidden: int = 32, dropout: float = 0.2):
         super().__init__()
@@ -201,7 +202,10 @@ class Head(nn.Module):
         self.register_buffer("cols", torch.tensor(list(cols), dtype=torch.long))
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+        if hidden > 0:
+            self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+        else:
+            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: full feature rows (see :func:`features`)."""
@@ -265,6 +269,9 @@ class EmbeddedJudge(BaseJudge):
     chunk_size = 256
 
     def __init__(self, folder: str | Path | None = None, device: str = "cpu"):
+        if folder is not None and not Path(folder).is_dir():
+            raise EmkitError(f"no judge folder at {folder}", hint="train one with: emkit judge train --labelled "
+                             "FILE --out DIR, then use --judge embedded:DIR")
         self.heads, self.card, digest, self.lora = load_heads(Path(folder) if folder else WEIGHTS_DIR)
         self.id = f"embedded:{ENCODER_NAME}/{self.card.get('version', 'v1')}-{digest}"
         self.device = device
