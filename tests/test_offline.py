@@ -34,6 +34,21 @@ def test_a_local_folder_goes_offline_and_a_hub_id_back_online(fresh, tiny_model_
     assert "HF_HUB_OFFLINE" not in os.environ and not hub.HF_HUB_OFFLINE and not offline.is_offline()
 
 
+def test_datasets_follows_and_a_hub_corpus_goes_back_online(fresh, monkeypatch, tiny_model_dir):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    resolve_spec(tiny_model_dir)
+    assert datasets.config.HF_HUB_OFFLINE
+    from emkit.data.corpus import iter_hub
+
+    seen = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: seen.append(datasets.config.HF_HUB_OFFLINE)
+                        or [{"text": "a document"}])
+    assert list(iter_hub("someone/corpus")) == ["a document"]
+    assert seen == [False] and not hub.HF_HUB_OFFLINE and "HF_HUB_OFFLINE" not in os.environ
+
+
 def test_the_bundled_name_goes_offline(fresh, monkeypatch, tiny_model_dir):
     monkeypatch.setenv("EMKIT_EXAMPLE_MODEL", str(tiny_model_dir))
     assert resolve_spec("smollm2-135m-instruct") == str(tiny_model_dir)

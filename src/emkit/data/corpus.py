@@ -311,6 +311,9 @@ def iter_files(path: Path, field: str = "text", max_chars: int = MAX_CHARS) -> I
 
 def iter_hub(spec: str, field: str = "text") -> Iterator[str]:
     """``NAME[:CONFIG][@SPLIT]`` streamed from the Hugging Face Hub (needs ``datasets`` and network)."""
+    from emkit.models import offline
+
+    offline.use_for(local=False)  # a local model loaded before may have switched the Hub off
     try:
         import datasets
     except ImportError:

@@ -32,6 +32,9 @@ def _set(on: bool) -> None:
     hub = sys.modules.get("huggingface_hub.constants")
     if hub is not None:  # already imported: its flag was read at import time
         hub.HF_HUB_OFFLINE = on
+    ds = sys.modules.get("datasets.config")
+    if ds is not None and not os.environ.get("HF_DATASETS_OFFLINE"):  # `datasets` keeps a copy
+        ds.HF_HUB_OFFLINE = on
     _state["ours"] = on
 
 
