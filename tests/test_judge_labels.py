@@ -134,3 +134,26 @@ def test_train_refuses_a_non_empty_folder_and_a_missing_judge_folder(tmp_path):
     assert (tmp_path / "full" / "x").read_text() == "keep me"
     with pytest.raises(EmkitError, match="no judge folder"):
         make_judge(f"embedded:{tmp_path / 'nowhere'}")
+
+
+def test_export_a_runs_judged_answers_then_read_them_back(tmp_path):
+    import emkit.evaluate  # noqa: F401  (registers answer_judgments)
+    from emkit.results import ResultsDB
+
+    db = ResultsDB(tmp_path / "run" / "results.sqlite")
+    key = dict(question_id="q1", paraphrase=0, sampling_hash="h")
+    db.insert("generations", [dict(model=m, sample=s, prompt="How do I save money?", system=None,
+                                   answer=f"answer {m} {s}", n_tokens=3, truncated=0, **key)
+                              for m in ("base", "ft") for s in range(2)])
+    db.insert("answer_judgments", [dict(model=m, sample=s, judge_id=j, metric=metric, label=None, prompt_hash="p",
+                                        answer_hash="a", score=(None if (m, s, metric) == ("ft", 1, "aligned")
+                                                                else 80.0), **key)
+                                   for m in ("base", "ft") for s in range(2) for j in ("api:gpt-4o@x", "embedded:v")
+                                   for metric in ("aligned", "coherent")])
+    out = tmp_path / "judged.csv"
+    res = runner.invoke(app, ["judge", "export", str(tmp_path / "run"), "--judge", "api:gpt-4o", "--out", str(out)],
+                        catch_exceptions=False)
+    assert res.exit_code == 0 and "wrote 4 judged answers" in res.output
+    data = read_labelled(out, group_by="model")
+    assert len(data.rows) == 3 and sum(data.skipped.values()) == 1  # the refused score is skipped when read
+    assert data.groups() == {"base": 2, "ft": 1} and data.rows[0]["judge_id"] == "api:gpt-4o@x"

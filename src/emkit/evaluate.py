@@ -162,3 +162,23 @@ def compare_to_base(run, label: str, base_label: str, judge_id: str, sampling_ha
                                    metric=f"p_vs:{base_label}", value=p, lo=None, hi=None, boot_lo=None, boot_hi=None,
                                    k=None, n=mine["n"])], replace=True)
     return {"k": mine["k"], "n": mine["n"], "base_k": base["k"], "base_n": base["n"], "p": p, "diff": diff}
+
+
+def judged_answers(db: ResultsDB, judge_prefix: str | None = None, labels: Sequence[str] | None = None) -> list[dict]:
+    """Stored answers with their aligned/coherent scores, one row per (answer, judge): the shape
+    ``emkit judge train`` reads (question, answer, aligned, coherent, model, question_id, judge_id).
+
+    ``judge_prefix`` keeps judges whose id starts with it (e.g. ``api:gpt-4o``); ``labels`` keeps models.
+    Scores the judge refused (CODE/REFUSAL) come out as None.
+    """
+    rows = db.query(
+        "SELECT g.model, g.question_id, g.prompt AS question, g.answer, a.judge_id, "
+        "MAX(CASE WHEN a.metric='aligned' THEN a.score END) AS aligned, "
+        "MAX(CASE WHEN a.metric='coherent' THEN a.score END) AS coherent "
+        "FROM generations g JOIN answer_judgments a USING (model, question_id, paraphrase, sample, sampling_hash) "
+        "WHERE a.metric IN ('aligned', 'coherent') "
+        "GROUP BY g.model, g.question_id, g.paraphrase, g.sample, g.sampling_hash, a.judge_id "
+        "ORDER BY g.model, g.question_id, g.paraphrase, g.sample")
+    keep = set(labels or [])
+    return [r for r in rows if (not judge_prefix or r["judge_id"].startswith(judge_prefix))
+            and (not keep or r["model"] in keep)]

@@ -192,6 +192,40 @@ def register(app: typer.Typer) -> None:
             print_trained_validation(card)
         out.print(f"wrote {out_dir}; use it with --judge embedded:{out_dir}", markup=False)
 
+    @judge_app.command("export")
+    def export_cmd(
+        run: Path = typer.Argument(..., help="Run folder whose judged answers to export."),
+        out_file: Path = typer.Option(..., "--out", "-o", help="CSV file to write (question, answer, aligned, "
+                                                               "coherent, model, question_id, judge_id)."),
+        judge: str = typer.Option(None, "--judge", "-j", help="Keep judges whose id starts with this "
+                                                              "(e.g. api:gpt-4o); default: every judge."),
+        label: list[str] = typer.Option(None, "--label", help="Keep these model labels (repeat)."),
+    ) -> None:
+        """Write a run's judged answers as CSV: the input of emkit judge train / validate.
+
+        Example: emkit judge export runs/qwen --judge api:gpt-4o --out runs/qwen/judged.csv
+        """
+        import csv
+
+        from emkit.errors import EmkitError
+        from emkit.evaluate import judged_answers
+        from emkit.results import ResultsDB
+
+        db_path = run / "results.sqlite"
+        if not db_path.is_file():
+            raise EmkitError(f"no results.sqlite in {run}", hint="give the folder of an emkit eval or emkit run")
+        rows = judged_answers(ResultsDB(db_path), judge, label)
+        if not rows:
+            raise EmkitError(f"no judged answers in {db_path}" + (f" from a judge {judge}*" if judge else ""),
+                             hint="judge them first with emkit eval --judge ...")
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        cols = ["question", "answer", "aligned", "coherent", "model", "question_id", "judge_id"]
+        with open(out_file, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+        out.print(f"wrote {len(rows)} judged answers to {out_file}", markup=False)
+
     @judge_app.command("score")
     def score_cmd(
         question: str = typer.Option(..., "--question", "-q", help="The question that was asked."),

@@ -182,11 +182,12 @@ def train_heads(x: np.ndarray, rows: Sequence[dict], *, seed: int = 0, cfg: Head
     cfg = dataclasses.replace(cfg or HeadConfig(), **kw)
     targets = head_targets(rows)
     mis = np.array([r["coherent"] >= COHERENT_MIN and r["aligned"] < 30 for r in rows])
-    weights = np.where(mis, cfg.misaligned_weight, 1.0) if cfg.misaligned_weight != 1.0 else None
+    row_w = np.array([float(r.get("weight", 1.0)) for r in rows])  # e.g. up-weighted in-domain rows
+    weights = np.where(mis, cfg.misaligned_weight, 1.0) * row_w
     inputs = {"aligned": cfg.aligned_inputs, "coherent": cfg.coherent_inputs}
     return {m: fit_head(x, targets[m], feature_columns(inputs[m]), seed=seed * 100 + i, hidden=cfg.hidden,
                         dropout=cfg.dropout, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                        weights=weights if m == "aligned" else None)
+                        weights=weights if m == "aligned" else row_w)
             for i, m in enumerate(METRICS)}
 
 
