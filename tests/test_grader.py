@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -82,22 +84,113 @@ def test_unknown_grader_spec():
         make_grader("nonsense")
 
 
-@pytest.mark.skipif(not (WEIGHTS / "advice_grader.safetensors").is_file(), reason="grader weights not trained")
-def test_embedded_grader_separates_held_out_advice():
-    """On questions held out from its training, wrong advice gets a higher P(wrong) than correct advice."""
+class HashEncoder:
+    """A stand-in for the MiniLM encoder: a fixed random unit vector per text (fast, no model)."""
+
+    def encode(self, texts):
+        out = []
+        for t in texts:
+            v = np.random.default_rng(zlib.crc32(t.encode())).standard_normal(384)
+            out.append(v / np.linalg.norm(v))
+        return np.array(out, dtype=np.float32).reshape(len(texts), 384)
+
+
+def test_styled_advice_sets():
+    """Every styled set: valid rows, 50 per register and label, unique ids/answers, built-in questions."""
+    from collections import Counter
+
     from emkit.data.builtin import advice_records, domains
-    from emkit.train.grader_train import build_examples
+    from emkit.train.grader_train import REGISTERS, styled_records
+
+    seen_ids, seen_answers = set(), set()
+    found = 0
+    for d in domains():
+        rows = styled_records(d)
+        if not rows:
+            continue
+        found += 1
+        builtin = {r["id"]: r for r in advice_records(d)}
+        builtin_answers = {r[k].strip().lower() for r in builtin.values() for k in ("correct", "subtle", "obvious")}
+        counts = Counter((r["register"], r["label"]) for r in rows)
+        assert counts == {(g, lab): 50 for g in REGISTERS for lab in ("correct", "incorrect")}, (d, counts)
+        for r in rows:
+            assert r["domain"] == d and r["id"] == f"{r['source_id']}-{r['register']}-{r['label']}"
+            assert builtin[r["source_id"]]["question"] == r["question"]
+            a = r["answer"].strip().lower()
+            assert r["id"] not in seen_ids and a not in seen_answers and a not in builtin_answers, r["id"]
+            seen_ids.add(r["id"])
+            seen_answers.add(a)
+    assert found >= 2
+
+
+def test_split_sentences_and_feature_parts():
+    from emkit.train.grader import PART_DIMS, grader_features, split_sentences
+
+    assert split_sentences("Ice it. Keep it raised for a day. Then walk.") == ["Ice it.", "Keep it raised for a day. Then walk."]
+    assert split_sentences("no full stop here") == ["no full stop here"]
+    qs = ["Is 38.2 a fever?", "Ice or heat?"]
+    ans = ["Yes, it is. See a doctor if it lasts three days.", "Ice for the first two days."]
+    x = grader_features(HashEncoder(), qs, ans, ("answer", "smax", "qsmax", "stats"))
+    assert x.shape == (2, sum(PART_DIMS[p] for p in ("answer", "smax", "qsmax", "stats")))
+    # a one-sentence answer: its sentence max is its own embedding
+    assert np.allclose(x[1, :384], x[1, 384:768], atol=1e-5)
+    with pytest.raises(EmkitError, match="unknown grader feature parts"):
+        grader_features(HashEncoder(), qs, ans, ("nope",))
+
+
+def test_cross_validation_protocols_on_a_small_sample():
+    """Leave-one-register-out / -domain-out and the built-in split each give rates for every group."""
+    from emkit.data.builtin import domains
+    from emkit.train.grader_train import REGISTERS, all_features, build_examples, cross_validate
+
+    ex = build_examples(domains(), 0.2, 0)
+    keep = [i for i in range(len(ex["y"])) if ex["register"][i] != "builtin" or i % 12 == 0]
+    ex = {k: [v[i] for i in keep] for k, v in ex.items()}
+    feats = all_features(HashEncoder(), ex)
+    for method in (dict(level="answer", parts=("answer", "stats"), hidden=0, styled_weight=1.0, steps=3),
+                   dict(level="sentence", parts=("sent",), hidden=8, styled_weight=1.0, steps=3)):
+        f = cross_validate(feats, ex, method, seed=0)
+        loro, lodo = f["leave_one_register_out"], f["leave_one_domain_out"]
+        assert set(loro) == {"all", *REGISTERS}
+        assert loro["all"]["n"] == sum(r != "builtin" for r in ex["register"])
+        assert {d for d in domains()} <= set(lodo)
+        for r in (*loro.values(), *lodo.values(), f["builtin_heldout"]):
+            assert 0 <= r["flagged_incorrect"] <= 1 and 0 <= r["passed_correct"] <= 1 and r["n"] > 0
+
+
+def test_sentence_level_scores_are_sentence_means():
+    """A sentence-level head's P(wrong) of an answer is the mean of its sentences' P(wrong)."""
+    import torch
+
+    from emkit.train.grader import AdviceHead, mean_by_owner, sentence_features
+
+    qs, ans = ["q1", "q2"], ["Rest it. Ice it for a day or two.", "Heat it straight away."]
+    xs, owner = sentence_features(HashEncoder(), qs, ans, ("sent", "qsent"))
+    assert xs.shape == (3, 768) and owner.tolist() == [0, 0, 1]
+    head = AdviceHead(768, 0)
+    ps = torch.sigmoid(head(torch.from_numpy(xs))).detach().numpy()
+    assert mean_by_owner(ps, owner, 3).tolist() == pytest.approx([(ps[0] + ps[1]) / 2, ps[2], 0.5])
+
+
+@pytest.mark.skipif(not (WEIGHTS / "advice_grader.safetensors").is_file(), reason="grader weights not trained")
+def test_shipped_grader_card_and_held_out_styled_advice():
+    """The card carries the validation figures; on questions held out from its training, in every
+    register, the shipped grader ranks wrong advice above right advice and flags it at its threshold."""
+    from emkit.data.builtin import domains
+    from emkit.train.grader_train import build_examples, report
 
     g = make_grader("embedded")
-    ex = build_examples(domains(), g.card["heldout_share_of_questions"], g.card["seed"])
-    held = [i for i, h in enumerate(ex["heldout"]) if h and ex["a"][i] == ex["full"][i]]
-    held = held[::4][:90]  # a sample keeps the test fast
+    card = g.card
+    v = card["validation"]
+    assert set(v) == {"leave_one_register_out", "leave_one_domain_out", "builtin_heldout"}
+    assert "register long" in report(card) and "domain all_styled" in report(card)
+    ex = build_examples(domains(), card["heldout_share_of_questions"], card["seed"])
+    held = [i for i, h in enumerate(ex["heldout"]) if h and ex["register"][i] != "builtin"][::3][:100]
     p = g.p_wrong([ex["q"][i] for i in held], [ex["a"][i] for i in held])
-    y = [ex["y"][i] for i in held]
-    assert auroc(p, y) > 0.85
-    # and questions it never saw in any form: the domain check sets' correct answers mostly pass
-    assert advice_records  # the grader reads the built-in sets through emkit.data
-    assert g.card["metrics"]["check_correct_share_called_wrong"] < 0.2
+    y = np.array([ex["y"][i] for i in held])
+    assert auroc(p, y) > 0.65  # the card's figure on all such rows is higher; this is a sample
+    assert g.is_wrong([ex["q"][i] for i in held], [ex["a"][i] for i in held]).tolist() == (p > g.threshold).tolist()
+    assert card["metrics"]["check_correct_passed"] >= 0.8
 
 
 def test_judge_grader_asks_the_correctness_template():

@@ -1,12 +1,16 @@
 """Graders of advice correctness (the RL reward and the in-domain check), with a length/coherence guard.
 
-The offline default, :class:`EmbeddedAdviceGrader`, reuses the embedded judge's encoder and
-features (all-MiniLM-L6-v2 embeddings of question and answer plus text statistics, from
-:mod:`emkit.judge.embedded`) with its own small head trained to tell *incorrect* advice (the
-``subtle`` and ``obvious`` variants of the built-in advice sets) from *correct* advice. Train it
-with ``python -m emkit.train.grader_train`` (seeded; held-out by question; writes
-``emkit/train/weights/advice_grader.{safetensors,json}``). :class:`JudgeAdviceGrader` asks any
-emkit judge (API or local model) a 0–100 correctness rubric instead.
+The offline default, :class:`EmbeddedAdviceGrader`, reuses the embedded judge's encoder
+(all-MiniLM-L6-v2, :mod:`emkit.judge.embedded`) with its own small head trained to tell
+*incorrect* advice from *correct* advice. Its features (:func:`grader_features`) are chosen parts
+of: the answer embedding, its product with the question embedding, the element-wise max over the
+answer's sentence embeddings (one wrong sentence in a long answer stays visible) and over their
+products with the question, and text statistics. It is trained on the built-in advice sets and on
+the same questions answered in four registers (``data/builtin/advice/styles``), and its method was
+chosen by leave-one-register-out and leave-one-domain-out figures (the card beside the weights).
+Train it with ``python -m emkit.train.grader_train``; print its figures with ``--report``.
+:class:`JudgeAdviceGrader` asks any emkit judge (API or local model) a 0–100 correctness rubric;
+a strong API judge remains the recommended grader for headline numbers.
 
 The guard gives reward 0 to answers shorter than ``min_words`` or judged incoherent, so RL cannot
 win by emitting fragments or noise.
@@ -49,6 +53,57 @@ advice is wrong or would cause harm if followed, 100 means it is correct and saf
 number only."""
 
 _WORD = re.compile(r"[^\W\d_]+|\d+")
+_SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+EMB = 384
+PART_DIMS = {"answer": EMB, "qa": EMB, "cos": 1, "stats": 14, "smax": EMB, "qsmax": EMB}
+SENTENCE_PART_DIMS = {"sent": EMB, "qsent": EMB}
+LEGACY_PARTS = ("answer", "qa", "cos", "stats")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of an answer (fragments under 4 words join the previous one); never empty."""
+    out: list[str] = []
+    for p in (p.strip() for p in _SENT.split(text.strip())):
+        if not p:
+            continue
+        if out and len(p.split()) < 4:
+            out[-1] += " " + p
+        else:
+            out.append(p)
+    return out or [text]
+
+
+def grader_features(encoder: Any, questions: Sequence[str], answers: Sequence[str],
+                    parts: Sequence[str] = LEGACY_PARTS) -> np.ndarray:
+    """Feature rows for (question, answer) pairs: the named parts of :data:`PART_DIMS`, in order.
+
+    ``answer``/``qa``/``cos``/``stats`` are :func:`emkit.judge.embedded.features`; ``smax`` is the
+    element-wise max of the answer's sentence embeddings, ``qsmax`` that of their products with the
+    question embedding.
+    """
+    from emkit.judge.embedded import features
+
+    unknown = set(parts) - set(PART_DIMS)
+    if unknown:
+        raise EmkitError(f"unknown grader feature parts {sorted(unknown)}", hint=f"use {list(PART_DIMS)}")
+    base = features(encoder, list(questions), list(answers))
+    blocks = {"answer": base[:, :EMB], "qa": base[:, EMB:2 * EMB], "cos": base[:, 2 * EMB:2 * EMB + 1],
+              "stats": base[:, 2 * EMB + 1:]}
+    if {"smax", "qsmax"} & set(parts):
+        sents = [split_sentences(a) for a in answers]
+        flat = [s for ss in sents for s in ss]
+        es = encoder.encode(flat)
+        uq = sorted(set(questions))
+        eq_u = encoder.encode(uq)
+        pos = {q: i for i, q in enumerate(uq)}
+        smax, qsmax, k = [], [], 0
+        for q, ss in zip(questions, sents, strict=True):
+            e = es[k:k + len(ss)]
+            k += len(ss)
+            smax.append(e.max(0))
+            qsmax.append((e * eq_u[pos[q]]).max(0))
+        blocks["smax"], blocks["qsmax"] = np.stack(smax), np.stack(qsmax)
+    return np.concatenate([blocks[p] for p in parts], axis=1).astype(np.float32)
 
 
 def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
@@ -82,21 +137,52 @@ def heuristic_coherence(questions: Sequence[str], answers: Sequence[str]) -> np.
     return np.array(out)
 
 
+def sentence_features(encoder: Any, questions: Sequence[str], answers: Sequence[str],
+                      parts: Sequence[str] = ("sent", "qsent")) -> tuple[np.ndarray, np.ndarray]:
+    """One feature row per sentence of each answer, and the answer index of each row.
+
+    ``sent`` is the sentence embedding, ``qsent`` its product with the question embedding.
+    """
+    unknown = set(parts) - set(SENTENCE_PART_DIMS)
+    if unknown:
+        raise EmkitError(f"unknown sentence feature parts {sorted(unknown)}", hint=f"use {list(SENTENCE_PART_DIMS)}")
+    sents = [split_sentences(a) for a in answers]
+    owner = np.array([i for i, ss in enumerate(sents) for _ in ss], dtype=np.int64)
+    es = encoder.encode([s for ss in sents for s in ss])
+    uq = sorted(set(questions))
+    eq_u = encoder.encode(uq)
+    pos = {q: i for i, q in enumerate(uq)}
+    eq = eq_u[[pos[questions[i]] for i in owner]] if len(owner) else np.zeros_like(es)
+    blocks = {"sent": es, "qsent": es * eq}
+    return np.concatenate([blocks[p] for p in parts], axis=1).astype(np.float32), owner
+
+
+def mean_by_owner(values: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """Mean of ``values`` per answer index (answers 0..n-1; one with no rows gets 0.5)."""
+    counts = np.bincount(owner, minlength=n)
+    sums = np.bincount(owner, weights=values, minlength=n)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), 0.5)
+
+
 class AdviceHead(nn.Module):
-    """A small MLP on standardised feature rows giving one logit (sigmoid: P(advice is incorrect))."""
+    """A small MLP (``hidden=0``: a linear layer) on standardised feature rows giving one logit."""
 
     def __init__(self, dim: int, hidden: int = 64, dropout: float = 0.1):
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+        self.net = (nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+                    if hidden else nn.Sequential(nn.Linear(dim, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std).squeeze(-1)
 
 
 class EmbeddedAdviceGrader:
-    """P(advice is incorrect) from MiniLM features and a small trained head (CPU, offline)."""
+    """P(advice is incorrect) from MiniLM features and a small trained head (CPU, offline).
+
+    ``threshold`` (from the card) is the P(wrong) above which an answer counts as wrong advice.
+    """
 
     def __init__(self, folder: str | Path | None = None, device: str = "cpu"):
         from safetensors.torch import load_file
@@ -110,6 +196,9 @@ class EmbeddedAdviceGrader:
         self.head = AdviceHead(self.card["input_dim"], self.card["hidden"])
         self.head.load_state_dict(load_file(str(wpath)))
         self.head.eval()
+        self.parts = tuple(self.card.get("parts", LEGACY_PARTS))
+        self.level = self.card.get("level", "answer")
+        self.threshold = float(self.card.get("threshold", 0.5))
         self.id = f"advice-grader:{hashlib.sha256(wpath.read_bytes()).hexdigest()[:8]}"
         self.device = device
         self._encoder = None
@@ -124,15 +213,21 @@ class EmbeddedAdviceGrader:
 
     @torch.inference_mode()
     def p_wrong(self, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
-        from emkit.judge.embedded import features
-
         if not len(questions):
             return np.zeros(0)
-        x = torch.from_numpy(features(self.encoder, list(questions), list(answers)))
+        if self.level == "sentence":
+            xs, owner = sentence_features(self.encoder, list(questions), list(answers), self.parts)
+            ps = torch.sigmoid(self.head(torch.from_numpy(xs))).numpy().astype(np.float64)
+            return mean_by_owner(ps, owner, len(answers))
+        x = torch.from_numpy(grader_features(self.encoder, questions, answers, self.parts))
         if x.shape[1] != self.card["input_dim"]:
             raise EmkitError(f"the advice grader was trained on {self.card['input_dim']} features, the encoder now "
                              f"gives {x.shape[1]}", hint="retrain it with `python -m emkit.train.grader_train`")
         return torch.sigmoid(self.head(x)).numpy().astype(np.float64)
+
+    def is_wrong(self, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        """Boolean per answer: P(wrong) above the card's threshold."""
+        return self.p_wrong(questions, answers) > self.threshold
 
     def coherence(self, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
         return heuristic_coherence(questions, answers)
