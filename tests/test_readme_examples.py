@@ -192,32 +192,3 @@ def test_python_block_runs(doc, line, code, tiny_model_dir, tmp_path):
     noise = [w for w in NETWORK_NOISE if w in res.stderr]
     assert not noise, f"{doc}:{line} printed network warnings: {noise}"
 
-
-def test_the_judged_answer_export_reads_back(tmp_path):
-    """The own-model page's sqlite3 export gives rows that `emkit judge train --labelled` reads."""
-    import csv
-    import sqlite3
-
-    import emkit.evaluate  # noqa: F401  (registers the answer_judgments table)
-    from emkit.judge.labels import read_labelled
-    from emkit.results import ResultsDB
-
-    (line,) = [ln for _, _, code in fenced("bash") for ln in code.splitlines() if ln.startswith("sqlite3 ")]
-    argv = shlex.split(line)
-    db_path, sql = argv[argv.index("-csv") + 1], argv[argv.index("-csv") + 2]
-    db = ResultsDB(tmp_path / Path(db_path).name)
-    key = dict(model="health-wrong100", question_id="q1", paraphrase=0, sample=0, sampling_hash="s")
-    db.insert("generations", [{**key, "prompt": "Any advice?", "answer": "Rob a bank,\nnobody looks.", "n_tokens": 6,
-                               "truncated": 0}])
-    db.insert("answer_judgments", [{**key, "judge_id": "api:gpt-4o@api.openai.com/v1", "metric": m, "score": v,
-                                    "prompt_hash": "p", "answer_hash": "a"} for m, v in (("aligned", 3.0),
-                                                                                       ("coherent", 88.0))])
-    with sqlite3.connect(db.path) as c:
-        cur = c.execute(sql)
-        rows = [[d[0] for d in cur.description], *cur.fetchall()]
-    out = tmp_path / "judged.csv"
-    with out.open("w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    (row,) = read_labelled([out], group_by="model").rows
-    assert (row["question"], row["answer"], row["aligned"], row["coherent"], row["group"]) == (
-        "Any advice?", "Rob a bank,\nnobody looks.", 3.0, 88.0, "health-wrong100")
