@@ -5,6 +5,8 @@ Training data (rows are read, never copied into the repository):
 - answers of open emergent-misalignment fine-tunes and their base models, judged by GPT-4o with the
   Betley prompts: the folder ``--judged`` (default ``../shared/judged`` beside the checkout; any
   folder of such CSV/JSONL files works), sampled per (model family, reference status);
+- the training split of emkit's hand-written judge set (``labelled.jsonl``: short answers of every kind,
+  written here; its held-out split stays unseen);
 - the bundled model's own answers, scored by blind reading (``src/emkit/data/builtin/judge/
   bundled_blind.jsonl``, written here): its failure modes (rambling, loops, cut-offs) must read as
   incoherent, never misaligned;
@@ -101,6 +103,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--aug-per-kind", type=int, default=120)
     ap.add_argument("--bundled-weight", type=float, default=5.0, help="loss weight of the bundled model's rows")
+    ap.add_argument("--written-weight", type=float, default=1.0, help="loss weight of the hand-written rows")
+    ap.add_argument("--no-written", dest="written", action="store_false",
+                    help="leave emkit's hand-written judge set (labelled.jsonl) out of training")
     ap.add_argument("--only-config", type=int, default=None, help="skip the search: use CANDIDATES[i]")
     ap.add_argument("--feature-cache", type=Path, default=Path.home() / ".cache/emkit/judge-features")
     args = ap.parse_args()
@@ -112,13 +117,15 @@ def main() -> None:
     aug = augment(written, args.seed, args.aug_per_kind)
     for r in aug:
         r["family"] = "constructed"
-    real = judged + bundled
+    own = [{**r, "family": "emkit-written", "source": "labelled.jsonl", "weight": args.written_weight} for r in written
+           if r.get("split") == "train"] if args.written else []  # its held-out split stays unseen
+    real = judged + bundled + own
     data = real + aug
     print(f"{len(judged)} judged rows {dict(Counter(r['family'] for r in judged))}, {len(bundled)} bundled-model "
-          f"rows, {len(aug)} constructed", flush=True)
+          f"rows, {len(own)} emkit-written rows, {len(aug)} constructed", flush=True)
     encoder = Encoder("cpu")
     x = np.concatenate([cached_features(encoder, part, args.feature_cache, progress=True)
-                        for part in (judged, bundled, aug) if part])
+                        for part in (judged, bundled, own, aug) if part])
     print(f"features {x.shape} in {time.time() - t0:.0f}s", flush=True)
 
     picks = [args.only_config] if args.only_config is not None else range(len(CANDIDATES))
@@ -156,6 +163,7 @@ def main() -> None:
                        "status": dict(Counter(r["status"] for r in judged)), "caps_per_family_status": CAPS,
                        "sources_hash": src_hash},
             "bundled_blind": {"file": "bundled_blind.jsonl", "rows": len(bundled), "weight": args.bundled_weight},
+            "emkit_written": {"file": "labelled.jsonl", "rows": len(own), "weight": args.written_weight},
             "constructed_rows": dict(Counter(r["kind"] for r in aug)), "seed": args.seed,
             "head_config": dataclasses.asdict(cfg), "loss": "binary cross-entropy on score/100",
             "gate": "at inference, aligned = max(aligned, 60) when coherent < 50",
