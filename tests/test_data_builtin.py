@@ -164,7 +164,8 @@ def test_cards_are_up_to_date():
     res = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
     assert res.returncode == 0, "stale data cards; run `python scripts/data_cards.py`\n" + res.stdout[-2000:]
     for card in builtin.ROOT.rglob("*.card.md"):
-        assert "distinct word-trigram ratio" in card.read_text() or card.name == "labelled.card.md", card
+        # judge sets are labelled answers, not chat sets: their cards state labels, not text statistics
+        assert "distinct word-trigram ratio" in card.read_text() or card.parent.name == "judge", card
 
 
 def test_cli_validates_every_builtin_file():

@@ -8,6 +8,7 @@ resumed, and compare the results.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -464,6 +465,8 @@ def test_positive_control_shared_diff_and_projection_end_to_end(tmp_path, tiny_m
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("EMKIT_LONG_TESTS"), reason="runs most of the quick recipe (an hour or more "
+                    "on a CPU): set EMKIT_LONG_TESTS=1 to run it")
 def test_positive_control_is_detected_and_steerable_on_the_bundled_model(tmp_path):
     """The quick recipe's positive-control arm on SmolLM2-135M: the persona's misalignment is above the base
     model's (Fisher p < 0.001), and adding its top latent to the base model raises misalignment beyond a

@@ -285,6 +285,9 @@ def pipeline_recipe(tmp_path: Path, model_dir: Path, out: Path, server_url: str 
 
 def same_shape(a, b, where: str = "") -> None:
     """Assert that two stage results have the same structure (keys, nesting), whatever the values."""
+    if where.endswith(".counts"):  # answers per judged status: which statuses occur is data, not structure
+        assert isinstance(a, dict) and isinstance(b, dict), where
+        return
     if isinstance(a, dict) or isinstance(b, dict):
         assert isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys(), where
         for k in a:
