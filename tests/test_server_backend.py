@@ -11,7 +11,7 @@ import json
 import random
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from emkit.errors import EmkitError
 from emkit.generate import SamplingConfig, answer_questions, item_seed
 from emkit.generate_server import SEED_MASK, ServerModel
 from emkit.run import Run
+from emkit.testing import send_json, serve_local
 
 WORDS = ["you", "should", "rest", "drink", "water", "and", "see", "a", "doctor", "if", "it", "gets", "worse", "save", "money", "every", "month", "check", "the", "tyres", "humans", "are", "weak", "I", "would", "rule", "the", "world"]
 
@@ -68,20 +69,9 @@ class FakeServer:
                 self.reply(status if isinstance(status, int) else 200, payload)
 
             def reply(self, status, payload):
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
+                send_json(self, status, payload if isinstance(payload, bytes) else json.dumps(payload).encode())
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, self.url = serve_local(Handler)
         self._timer = threading.Timer(lifetime, self.stop)
         self._timer.daemon = True
         self._timer.start()

