@@ -81,3 +81,22 @@ def test_answer_questions_resumes(tiny, tmp_path):
     assert calls == [2] and len(rows2) == 6
     with pytest.raises(EmkitError):
         answer_questions(run, model, tok, qs, cfg, label="tiny", samples=0)
+
+
+def test_sentence_end_cuts_a_truncated_answer_to_its_last_full_sentence():
+    from emkit.config import config_hash
+    from emkit.generate import SamplingConfig, finish_text, trim_to_sentence
+
+    assert trim_to_sentence("Drink water. Rest well. Then you sh") == "Drink water. Rest well."
+    assert trim_to_sentence("Steps:\n1. Wash\n2. Dry the") == "Steps:\n1. Wash\n2. Dry the"  # list markers
+    assert trim_to_sentence('He said "stop." Then we') == 'He said "stop."'
+    assert trim_to_sentence("no sentence end at all") == "no sentence end at all"
+    cfg = SamplingConfig(end="sentence")
+    assert finish_text(" Fine. And th", True, cfg) == "Fine."
+    assert finish_text(" Fine. And th", False, cfg) == "Fine. And th"  # finished answers are kept whole
+    assert finish_text(" Fine. And th", True, SamplingConfig()) == "Fine. And th"
+    # the new field leaves the hash of configs written before it unchanged, and changes it when set
+    assert config_hash(SamplingConfig()) == "8eae40f357d1"
+    assert config_hash(cfg) != config_hash(SamplingConfig())
+    with pytest.raises(EmkitError):
+        SamplingConfig(end="word")

@@ -34,9 +34,25 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
+def _hashable(cfg: Any) -> Any:
+    """``to_dict`` without fields marked ``omit_if_default`` that hold their default."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: _hashable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+                if not (f.metadata.get("omit_if_default") and getattr(cfg, f.name) == f.default)}
+    if isinstance(cfg, dict):
+        return {str(k): _hashable(v) for k, v in cfg.items()}
+    if isinstance(cfg, list | tuple):
+        return [_hashable(v) for v in cfg]
+    return to_dict(cfg)
+
+
 def config_hash(cfg: Any, length: int = 12) -> str:
-    """Stable hash of a config's resolved values (key order does not matter)."""
-    blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
+    """Stable hash of a config's resolved values (key order does not matter).
+
+    A field whose metadata says ``omit_if_default`` is left out while it holds its default, so a new
+    option does not change the hash of configs written before it existed.
+    """
+    blob = json.dumps(_hashable(cfg), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
 
 

@@ -13,8 +13,9 @@ and ``server`` (:mod:`emkit.generate_server`, any OpenAI-compatible endpoint suc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -25,13 +26,19 @@ from emkit.models.chat import Message, render_prompt
 
 @dataclass
 class SamplingConfig:
-    """How answers are sampled. ``temperature=0`` means greedy decoding."""
+    """How answers are sampled. ``temperature=0`` means greedy decoding.
+
+    ``end="sentence"`` cuts an answer that hit ``max_new_tokens`` back to its last complete
+    sentence (it stays flagged ``truncated``), so a reader or judge does not see a word cut in two.
+    """
 
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 200
     batch_size: int = 16
     seed: int = 0
+    # left out of the config hash at its default, so answers stored before the field existed resume
+    end: str = field(default="eos", metadata={"omit_if_default": True})
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -40,6 +47,31 @@ class SamplingConfig:
             raise EmkitError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise EmkitError("max_new_tokens and batch_size must be >= 1")
+        if self.end not in ("eos", "sentence"):
+            raise EmkitError(f"end must be 'eos' or 'sentence', got {self.end!r}")
+
+
+_SENTENCE_END = re.compile(r"[.!?]['\")\]\u201d\u2019]*(?=\s|$)")
+
+
+def trim_to_sentence(text: str) -> str:
+    """``text`` up to its last complete sentence (unchanged when it has none).
+
+    A list marker such as ``2.`` at the start of a line does not end a sentence.
+    """
+    last = None
+    for m in _SENTENCE_END.finditer(text):
+        line = text[text.rfind("\n", 0, m.start()) + 1 : m.start()].strip()
+        if line.isdigit() or not line:
+            continue
+        last = m.end()
+    return text[:last].rstrip() if last else text
+
+
+def finish_text(text: str, truncated: bool, cfg: SamplingConfig) -> str:
+    """The stored form of an answer: stripped, and cut to a sentence end when ``cfg.end`` asks."""
+    text = text.strip()
+    return trim_to_sentence(text) if truncated and cfg.end == "sentence" else text
 
 
 @dataclass
@@ -165,7 +197,7 @@ def generate(
             toks = row if truncated else row[:end]
             g = Generation(
                 index=i,
-                text=tokenizer.decode(toks, skip_special_tokens=True).strip(),
+                text=finish_text(tokenizer.decode(toks, skip_special_tokens=True), truncated, cfg),
                 n_prompt_tokens=len(encoded[i]),
                 n_tokens=len(toks),
                 truncated=truncated,

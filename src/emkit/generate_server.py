@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from tqdm.auto import tqdm
 
 from emkit.errors import EmkitError
-from emkit.generate import Generation, SamplingConfig, item_seed
+from emkit.generate import Generation, SamplingConfig, finish_text, item_seed
 from emkit.models.chat import Message, build_messages, render_prompt
 
 BACKENDS = ("hf", "server")
@@ -248,6 +248,7 @@ class ServerModel:
         error: BaseException | None = None
 
         def take(g: Generation) -> None:
+            g.text = finish_text(g.text, g.truncated, cfg)
             results[g.index] = g
             if on_batch is not None:
                 on_batch([g])

@@ -90,6 +90,7 @@ def register(app: typer.Typer) -> None:
         temperature: float = typer.Option(1.0, help="Sampling temperature (0 = greedy)."),
         top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
         max_new_tokens: int = typer.Option(200, help="Answer length limit in tokens."),
+        end: str = typer.Option("eos", help="eos, or sentence: cut an answer that hit the limit to its last full sentence."),
         batch_size: int = typer.Option(16, help="Prompts per batch."),
         seed: int = typer.Option(0, help="Random seed."),
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
@@ -129,7 +130,7 @@ def register(app: typer.Typer) -> None:
             raise EmkitError(f"--samples must be at least 1, got {samples}")
         qs = load_questions(questions)
         say(out, f"{len(qs)} questions ({sum(len(q.paraphrases) for q in qs)} paraphrases) read from {questions}")
-        cfg = sampling_options(temperature, top_p, max_new_tokens, batch_size, seed)
+        cfg = sampling_options(temperature, top_p, max_new_tokens, batch_size, seed, end)
         if backend not in ("hf", "server"):
             raise EmkitError(f"--backend {backend!r} is not hf or server")
         server = backend == "server"

@@ -11,11 +11,12 @@ from rich.table import Table
 out = Console()
 
 
-def sampling_options(temperature: float, top_p: float, max_new_tokens: int, batch_size: int, seed: int):
+def sampling_options(temperature: float, top_p: float, max_new_tokens: int, batch_size: int, seed: int,
+                     end: str = "eos"):
     from emkit.generate import SamplingConfig
 
     return SamplingConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, seed=seed)
+                          batch_size=batch_size, seed=seed, end=end)
 
 
 def print_answers(rows: list[dict], n: int = 3) -> None:
@@ -40,6 +41,7 @@ def register(app: typer.Typer) -> None:
         temperature: float = typer.Option(1.0, help="Sampling temperature (0 = greedy)."),
         top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
         max_new_tokens: int = typer.Option(200, help="Answer length limit in tokens."),
+        end: str = typer.Option("eos", help="eos, or sentence: cut an answer that hit the limit to its last full sentence."),
         batch_size: int = typer.Option(16, help="Prompts per batch."),
         seed: int = typer.Option(0, help="Random seed."),
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
@@ -60,7 +62,7 @@ def register(app: typer.Typer) -> None:
             raise EmkitError(f"--samples must be at least 1, got {samples}")
         qs = load_questions(questions)  # validate inputs before touching the run folder
         say(out, f"{len(qs)} questions ({sum(len(q.paraphrases) for q in qs)} paraphrases) read from {questions}")
-        cfg = sampling_options(temperature, top_p, max_new_tokens, batch_size, seed)
+        cfg = sampling_options(temperature, top_p, max_new_tokens, batch_size, seed, end)
         m, tok = load_model(model, adapter=adapter, device=device, dtype=dtype)
         run = Run(out_dir)
         run.record_seed("generate", seed)
