@@ -211,6 +211,16 @@ def generate(
     return [g for g in results if g is not None]
 
 
+def sampling_hash(cfg: SamplingConfig, tag: str = "") -> str:
+    """The key of the answers sampled under ``cfg`` and condition ``tag`` in ``generations``.
+
+    Every reader and writer of that table computes it here, so stored keys cannot drift apart.
+    """
+    from emkit.config import config_hash
+
+    return config_hash({"sampling": cfg, "tag": tag})
+
+
 def answer_questions(
     run,
     model,
@@ -232,11 +242,9 @@ def answer_questions(
     same condition). ``model`` may be a :class:`emkit.generate_server.ServerModel`: the keys and
     sampling hash are the same for both back-ends, so a run can switch back-end and resume.
     """
-    from emkit.config import config_hash
-
     if samples is not None and samples < 1:
         raise EmkitError(f"samples must be >= 1, got {samples}")
-    shash = config_hash({"sampling": cfg, "tag": tag})
+    shash = sampling_hash(cfg, tag)
     have = {
         (r["question_id"], r["paraphrase"], r["sample"])
         for r in run.db.query(
