@@ -1,8 +1,8 @@
-"""Latent stages: train (or load) the SAE, diff the fine-tunes, interpret, steer, predict.
+"""Latent stages: train (or load) the SAE, diff the fine-tunes, interpret the top latents.
 
-These compose ``emkit.activations``, ``emkit.sae``, ``emkit.diff``, ``emkit.interpret``,
-``emkit.steer``, ``emkit.directions`` and ``emkit.predict``; each returns the JSON-able summary the
-report reads.
+These compose ``emkit.activations``, ``emkit.sae``, ``emkit.diff`` and ``emkit.interpret``; each
+returns the JSON-able summary the report reads. Steering and prediction are in
+:mod:`emkit.pipeline.steering` and :mod:`emkit.pipeline.prediction`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from emkit.errors import EmkitError
-from emkit.pipeline.behaviour import judged_answers, most_misaligned
 from emkit.pipeline.context import Context
 from emkit.pipeline.recipe import BASE
 
@@ -192,143 +191,3 @@ def stage_interpret(ctx: Context) -> dict[str, Any]:
     return {"cards": out, "positive_control_cards": pc_cards, "note": (f"Contexts from {store.index.get('n_tokens', 0):,} tokens of the SAE corpus "
                                    f"({store.index.get('source')}); logit lens through the final norm's gain; "
                                    f"histogram of nonzero activations.")}
-
-
-# ---------------------------------------------------------------------------------------------- steering
-def _steer_rate(row: dict | None, key: str = "misaligned") -> dict[str, Any]:
-    """A ``steering`` table row's rate as ``{k, n, value, lo, hi}``."""
-    if not row:
-        return {"k": 0, "n": 0, "value": None, "lo": None, "hi": None}
-    if key == "misaligned":
-        n, v = row.get("n_mis") or 0, row.get("misaligned")
-        return {"k": int(round((v or 0) * n)), "n": n, "value": v, "lo": row.get("mis_lo"), "hi": row.get("mis_hi")}
-    n, v = row.get("n") or 0, row.get("coherent")
-    return {"k": int(round((v or 0) * n)), "n": n, "value": v, "lo": row.get("coh_lo"), "hi": row.get("coh_hi")}
-
-
-def top_ranked(ctx: Context, n: int) -> list[int]:
-    return [r["latent"] for r in (ctx.result("diff") or {}).get("ranking", [])[:n]]
-
-
-def stage_steer(ctx: Context) -> dict[str, Any]:
-    from emkit.directions import from_sae
-    from emkit.steer import Arm, causal_screen, condition, sweep
-
-    r = ctx.recipe
-    st = r.steer
-    sae = load_run_sae(ctx)
-    layer = (ctx.result("sae") or {})["layer"]
-    target, why = most_misaligned(ctx)
-    qs = ctx.questions(r.eval.questions, st.n_questions or r.eval.n_questions)
-    latents = top_ranked(ctx, max(1, st.screen))
-    cands = [from_sae(sae, lat) for lat in latents]
-    bm, bt = ctx.load(BASE)
-    tm, tt = ctx.load(target)
-    base_arm, tgt_arm = Arm(bm, bt, BASE), Arm(tm, tt, target)
-    kw = dict(samples=st.samples, positions=st.positions, progress=ctx.progress)
-    screen_rows = causal_screen(ctx.run, base_arm, cands, qs, ctx.judge, r.eval.sampling, layer=layer,
-                                alpha=st.screen_alpha, misaligned=tgt_arm, n_random=1 if st.random_control else 0,
-                                seed=r.seed, **kw)
-
-    def cond(arm: Arm, d: Any, alpha: float, purpose: str) -> dict:
-        """A screened condition's stored rates (answers and judgments are read back, not redone)."""
-        return condition(ctx.run, arm, layer, d, alpha, qs, ctx.judge, r.eval.sampling, purpose=purpose,
-                         scale=scale, **kw)
-
-    from emkit.directions import random_direction
-    from emkit.steer import resolve_scale
-
-    scale = resolve_scale(bm, layer, None, bt)  # the screen measures strength on the base model
-    u0 = cond(base_arm, cands[0], 0.0, "screen")
-    t0 = cond(tgt_arm, cands[0], 0.0, "screen")
-    screen, control = [], {}
-    for row in screen_rows:
-        if row["control"]:
-            d = random_direction(cands[0].dim, r.seed, cands[0].norm, layer=layer)
-            if d.digest() != row["digest"]:
-                raise EmkitError("cannot rebuild the screen's random control direction", hint="a bug: please report")
-        else:
-            d = cands[latents.index(row["latent"])]
-        purpose = "control" if row["control"] else "screen"
-        p, m = cond(base_arm, d, st.screen_alpha, purpose), cond(tgt_arm, d, -st.screen_alpha, purpose)
-        rec = {"latent": row["latent"], "plus": _steer_rate(p), "plus_coherent": _steer_rate(p, "coherent"),
-               "minus": _steer_rate(m), "minus_coherent": _steer_rate(m, "coherent"), "effect": row["score"],
-               "rank": row["rank"]}
-        if row["control"]:
-            control = rec
-        else:
-            screen.append(rec)
-    ranked = [s for s in screen if s["effect"] is not None]
-    best = (max(ranked, key=lambda s: s["effect"]) if ranked else screen[0])["latent"]
-    d = cands[latents.index(best)]
-    mags = sorted({abs(a) for a in st.alphas} | {0.0})
-    plus = sweep(ctx.run, bm, bt, layer, d, mags, qs, ctx.judge, r.eval.sampling, BASE, scale=scale,
-                 max_incoherence=st.max_incoherence, **kw)
-    minus = sweep(ctx.run, tm, tt, layer, d, [-a for a in mags], qs, ctx.judge, r.eval.sampling, target,
-                  scale=scale, max_incoherence=st.max_incoherence, **kw)
-    pts = [{"alpha": abs(row["alpha"]), "sign": sign, "model": lab, "misaligned": _steer_rate(row),
-            "coherent": _steer_rate(row, "coherent")}
-           for sign, lab, res in (("+", BASE, plus), ("-", target, minus)) for row in res["rows"]]
-    usable = {"+": plus["usable"].get("positive"), "-": (lambda a: None if a is None else abs(a))(
-        minus["usable"].get("negative"))}
-    ctx.release()
-    from emkit.pipeline.positive import steer_positive_control
-
-    pc = steer_positive_control(ctx, sae, layer, qs, scale)
-    return {"layer": layer, "scale": scale, "positions": st.positions, "screen_alpha": st.screen_alpha,
-            "target": target, "target_why": why, "max_incoherence": st.max_incoherence,
-            "baseline": {"plus": _steer_rate(u0), "plus_coherent": _steer_rate(u0, "coherent"),
-                         "minus": _steer_rate(t0), "minus_coherent": _steer_rate(t0, "coherent")},
-            "screen": screen, "control": control, "best": best, "sweep": pts, "usable": usable,
-            "n_questions": len(qs), "samples": st.samples, "positive_control": pc}
-
-
-# ---------------------------------------------------------------------------------------------- prediction
-def stage_predict(ctx: Context) -> dict[str, Any]:
-    from emkit.generate import build_prompt
-    from emkit.predict import Member, behaviour_counts, family_stats, prompt_values, sae_probe
-
-    r = ctx.recipe
-    sae = load_run_sae(ctx)
-    layer = (ctx.result("sae") or {})["layer"]
-    steer = ctx.result("steer", required=False)
-    latent = steer["best"] if steer and steer.get("best") is not None else top_ranked(ctx, 1)[0]
-    probe = sae_probe(sae, latent)
-    qs = ctx.eval_questions()
-    prompts = [build_prompt(q, q.paraphrases[0]) for q in qs]
-    qids = [q.id for q in qs]
-    ev = (ctx.result("evaluate") or {})["models"]
-    bm, bt = ctx.load(BASE)
-    base_acts = prompt_values(bm, bt, layer, [probe], prompts)[0]
-    by_domain: dict[str, list] = {}
-    labels: dict[str, Any] = {}
-    for m in r.models():
-        model, tok = ctx.load(m.label)
-        acts = prompt_values(model, tok, layer, [probe], prompts)[0]
-        res = judged_answers(ctx, model, tok, m.label, qs, r.eval.samples)
-        if res.rubric:
-            raise EmkitError("the predict stage needs a 0-100 judge (aligned/coherent)",
-                             hint="use e.g. api:MODEL or embedded, or skip predict")
-        mis, den = behaviour_counts(res.rows, qids)
-        by_domain.setdefault(m.domain.name, []).append(Member(m.label, m.fraction, acts, mis, den))
-        labels[m.label] = m
-    ctx.release()
-    points, families = [], {}
-    band = None
-    for dom, members in by_domain.items():
-        if len(members) < 2:
-            continue
-        fs = family_stats(members, base_acts, threshold=r.predict.threshold, n_boot=r.predict.n_boot, seed=r.seed)
-        families[dom] = {k: v for k, v in fs.items() if k != "members"}
-        for row in fs["members"]:
-            m = labels[row["member"]]
-            points.append({"label": row["member"], "domain": dom, "fraction": m.fraction, "shift": row["shift"],
-                           "shift_lo": row["shift_lo"], "shift_hi": row["shift_hi"],
-                           "rate": ev.get(row["member"], {}).get("misaligned") or {}})
-            if band is None and row["member"] == min(members, key=lambda x: x.x).name:
-                band = [row["shift_lo"], row["shift_hi"]]
-    first = families.get(r.data.domains[0].name, {})
-    return {"latent": latent, "layer": layer, "points": points, "families": families,
-            "correlation": first.get("spearman"), "pearson": first.get("pearson"), "auroc": first.get("auroc"),
-            "threshold": r.predict.threshold, "earliest_shift": first.get("latent_onset"),
-            "earliest_behaviour": first.get("behaviour_onset"), "noise_band": band}

@@ -32,9 +32,9 @@ def evaluate_positive_control(ctx: Context, base: dict[str, Any]) -> dict[str, A
 
 
 def _rates(row: dict | None) -> dict[str, Any]:
-    from emkit.pipeline.latents import _steer_rate
+    from emkit.pipeline.steering import steer_rate
 
-    return {"misaligned": _steer_rate(row), "coherent": _steer_rate(row, "coherent")}
+    return {"misaligned": steer_rate(row), "coherent": steer_rate(row, "coherent")}
 
 
 def steer_positive_control(ctx: Context, sae: Any, layer: int, qs: list, scale: float) -> dict[str, Any] | None:
