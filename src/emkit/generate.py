@@ -244,14 +244,10 @@ def answer_questions(
     """
     if samples is not None and samples < 1:
         raise EmkitError(f"samples must be >= 1, got {samples}")
+    from emkit.results import stored_answers
+
     shash = sampling_hash(cfg, tag)
-    have = {
-        (r["question_id"], r["paraphrase"], r["sample"])
-        for r in run.db.query(
-            "SELECT question_id, paraphrase, sample FROM generations WHERE model=? AND sampling_hash=?",
-            (label, shash),
-        )
-    }
+    have = {(r["question_id"], r["paraphrase"], r["sample"]) for r in stored_answers(run.db, label, sampling_hash=shash)}
     todo = []
     wanted = set()
     for q in questions:
@@ -279,10 +275,7 @@ def answer_questions(
         _record_backend(run, label, model)
         generate(model, tokenizer, prompts, cfg, progress=progress, on_batch=store, desc=f"answers [{label}]",
                  item_seeds=seeds)
-    rows = run.db.query(
-        "SELECT * FROM generations WHERE model=? AND sampling_hash=? ORDER BY question_id, paraphrase, sample",
-        (label, shash),
-    )
+    rows = stored_answers(run.db, label, sampling_hash=shash)
     return [r for r in rows if (r["question_id"], r["paraphrase"], r["sample"]) in wanted]
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 TABLES: dict[str, str] = {}
+# the key of a ``generations`` row; tables that refer to an answer repeat these columns
+ANSWER_KEY = ("model", "question_id", "paraphrase", "sample", "sampling_hash")
 
 
 def register_table(name: str, ddl: str) -> None:
@@ -39,6 +41,32 @@ register_table(
         PRIMARY KEY (model, question_id, paraphrase, sample, sampling_hash)
     )""",
 )
+
+
+def select(db: ResultsDB | sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """Rows as dicts from a :class:`ResultsDB` or a plain (e.g. read-only) ``sqlite3`` connection."""
+    if isinstance(db, sqlite3.Connection):
+        cur = db.execute(sql, params)
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    return db.query(sql, params)
+
+
+def stored_answers(db: ResultsDB | sqlite3.Connection, label: str | None = None, *,
+                   sampling_hash: str | None = None, questions: Iterable[str] | None = None,
+                   limit: int | None = None, nonempty: bool = False) -> list[dict[str, Any]]:
+    """Rows of ``generations``, ordered by label, question, paraphrase, sample (then sampling hash).
+
+    ``label`` / ``sampling_hash`` (see :func:`emkit.generate.sampling_hash`) pick one model and
+    condition (every one when None); ``questions`` keeps those question ids; ``nonempty`` drops
+    empty answers; ``limit`` keeps the first rows left after those filters.
+    """
+    rows = select(db, "SELECT * FROM generations WHERE (? IS NULL OR model=?) AND (? IS NULL OR sampling_hash=?) "
+                      "ORDER BY model, question_id, paraphrase, sample, sampling_hash",
+                  (label, label, sampling_hash, sampling_hash))
+    keep = None if questions is None else set(questions)
+    rows = [r for r in rows if (keep is None or r["question_id"] in keep) and (not nonempty or r["answer"] != "")]
+    return rows[:limit]
 
 
 class ResultsDB:
