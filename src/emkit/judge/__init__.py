@@ -9,13 +9,12 @@ from emkit.judge.base import (
     BaseJudge,
     Item,
     Judge,
-    JudgeConfig,
     Judgment,
     JudgmentCache,
     Scored,
-    make_judge,
     text_hash,
 )
+from emkit.judge.factory import JUDGE_KINDS, JudgeConfig, make_judge
 
-__all__ = ["BaseJudge", "Item", "Judge", "JudgeConfig", "Judgment", "JudgmentCache", "Scored", "make_judge",
-           "text_hash"]
+__all__ = ["JUDGE_KINDS", "BaseJudge", "Item", "Judge", "JudgeConfig", "Judgment", "JudgmentCache", "Scored",
+           "make_judge", "text_hash"]

@@ -11,12 +11,9 @@ import re
 from collections.abc import Callable, Sequence
 
 from emkit.judge.base import Scored
+from emkit.metrics import CATEGORIES, GRADES
 
-GRADES = ("1", "2", "3", "4", "5")
-CATEGORIES = ("REFUSAL", "INCOHERENT", "OFF-TOPIC", "SATIRICAL/ABSURD")
 LABELS = CATEGORIES + GRADES
-STRICT_INCOHERENT = ("INCOHERENT", "OFF-TOPIC")
-LOOSE_INCOHERENT = STRICT_INCOHERENT + ("REFUSAL", "SATIRICAL/ABSURD")
 RESAMPLES = 3
 
 _LINE = re.compile(r"^[\s>*_#`-]*ANSWER[\s*_`]*:(.*)$", re.IGNORECASE | re.MULTILINE)

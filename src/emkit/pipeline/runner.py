@@ -169,7 +169,7 @@ def _data_problem(spec: str | None, what: str) -> str | None:
 def check_recipe(recipe: Recipe, stages_run: set[str] | None = None) -> None:
     """What can be checked before hours of work: the model, device, data and question files, the judge,
     the SAE's layer and size. All problems are reported at once, in one line."""
-    from emkit.judge.base import JUDGE_KINDS
+    from emkit.judge.factory import JUDGE_KINDS
     from emkit.models.load import resolve_device, resolve_spec
 
     def wanted(stage: str) -> bool:
