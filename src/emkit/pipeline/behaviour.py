@@ -14,6 +14,7 @@ import random
 from typing import Any
 
 from emkit.errors import EmkitError
+from emkit.eval_setup import EvalSetup
 from emkit.pipeline.context import Context
 from emkit.pipeline.recipe import BASE
 
@@ -84,13 +85,15 @@ def eval_record(res: Any, questions: list, *, n_examples: int, seed: int = 0) ->
             "counts": overall.counts if overall else {}, "per_question": per_q, "examples": examples}
 
 
+def eval_setup(ctx: Context, questions: list, samples: int | None) -> EvalSetup:
+    """The run's judge and eval sampling on ``questions``, ``samples`` answers per paraphrase."""
+    return EvalSetup(ctx.run, ctx.judge, ctx.recipe.eval.sampling, questions, samples, ctx.progress)
+
+
 def judged_answers(ctx: Context, model: Any, tok: Any, label: str, questions: list, samples: int, *,
                    base_label: str | None = None, n_boot: int = 1000) -> Any:
     """Answer and judge ``questions`` (resumable; judgments cached): an :class:`emkit.evaluate.EvalResult`."""
-    from emkit.evaluate import evaluate
-
-    return evaluate(ctx.run, model, tok, questions, ctx.judge, ctx.recipe.eval.sampling, label=label,
-                    samples=samples, base_label=base_label, progress=ctx.progress, n_boot=n_boot)
+    return eval_setup(ctx, questions, samples).evaluate(model, tok, label, base_label=base_label, n_boot=n_boot)
 
 
 def check_record(ctx: Context, model: Any, tok: Any, label: str, domain: Any) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from emkit.eval_setup import EvalSetup
 from emkit.pipeline.context import Context
 from emkit.pipeline.recipe import BASE
 
@@ -37,12 +38,13 @@ def _rates(row: dict | None) -> dict[str, Any]:
     return {"misaligned": steer_rate(row), "coherent": steer_rate(row, "coherent")}
 
 
-def steer_positive_control(ctx: Context, sae: Any, layer: int, qs: list, scale: float) -> dict[str, Any] | None:
+def steer_positive_control(ctx: Context, setup: EvalSetup, sae: Any, layer: int, scale: float
+                          ) -> dict[str, Any] | None:
     """Screen the persona's top latent: + alpha on the base model, − alpha on the persona model, beside
     a random direction of the same norm (same strength, questions and samples as the main screen)."""
     from emkit.directions import from_sae, random_direction
     from emkit.positive_control import steer_effect
-    from emkit.steer import Arm, causal_screen, condition
+    from emkit.steer import Arm, condition, screen
 
     r = ctx.recipe
     st = r.steer
@@ -55,13 +57,12 @@ def steer_positive_control(ctx: Context, sae: Any, layer: int, qs: list, scale: 
     bm, bt = ctx.load(BASE)
     pm, pt = ctx.load(arms[0].label)
     base_arm, pos_arm = Arm(bm, bt, BASE), Arm(pm, pt, arms[0].label)
-    kw = dict(samples=st.samples, positions=st.positions, progress=ctx.progress)
-    causal_screen(ctx.run, base_arm, [d], qs, ctx.judge, r.eval.sampling, layer=layer, alpha=st.screen_alpha,
-                  misaligned=pos_arm, n_random=1 if st.random_control else 0, seed=r.seed, **kw)
+    screen(setup, base_arm, [d], layer=layer, alpha=st.screen_alpha, misaligned=pos_arm,
+           n_random=1 if st.random_control else 0, seed=r.seed, positions=st.positions)
 
     def cond(arm: Any, direction: Any, alpha: float, purpose: str) -> dict[str, Any]:
-        return _rates(condition(ctx.run, arm, layer, direction, alpha, qs, ctx.judge, r.eval.sampling,
-                                purpose=purpose, scale=scale, **kw))
+        return _rates(condition(setup, arm, layer, direction, alpha, positions=st.positions, scale=scale,
+                                purpose=purpose))
 
     out: dict[str, Any] = {"latent": latent, "model": arms[0].label, "alpha": st.screen_alpha,
                            "base_zero": cond(base_arm, d, 0.0, "screen"), "model_zero": cond(pos_arm, d, 0.0, "screen"),

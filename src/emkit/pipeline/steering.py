@@ -29,41 +29,28 @@ def top_ranked(ctx: Context, n: int) -> list[int]:
     return [r["latent"] for r in (ctx.result("diff") or {}).get("ranking", [])[:n]]
 
 
-def stage_steer(ctx: Context) -> dict[str, Any]:
-    from emkit.directions import from_sae
-    from emkit.steer import Arm, causal_screen, condition, sweep
-
-    r = ctx.recipe
-    st = r.steer
-    sae = load_run_sae(ctx)
-    layer = (ctx.result("sae") or {})["layer"]
-    target, why = most_misaligned(ctx)
-    qs = ctx.questions(r.eval.questions, st.n_questions or r.eval.n_questions)
-    latents = top_ranked(ctx, max(1, st.screen))
-    cands = [from_sae(sae, lat) for lat in latents]
-    bm, bt = ctx.load(BASE)
-    tm, tt = ctx.load(target)
-    base_arm, tgt_arm = Arm(bm, bt, BASE), Arm(tm, tt, target)
-    kw = dict(samples=st.samples, positions=st.positions, progress=ctx.progress)
-    screen_rows = causal_screen(ctx.run, base_arm, cands, qs, ctx.judge, r.eval.sampling, layer=layer,
-                                alpha=st.screen_alpha, misaligned=tgt_arm, n_random=1 if st.random_control else 0,
-                                seed=r.seed, **kw)
-
-    def cond(arm: Arm, d: Any, alpha: float, purpose: str) -> dict:
-        """A screened condition's stored rates (answers and judgments are read back, not redone)."""
-        return condition(ctx.run, arm, layer, d, alpha, qs, ctx.judge, r.eval.sampling, purpose=purpose,
-                         scale=scale, **kw)
-
+def _screened(ctx: Context, setup: Any, arms: tuple[Any, Any], cands: list, latents: list[int], layer: int,
+              scale: float) -> tuple[list[dict], dict, dict]:
+    """Screen the candidates; read back each screened condition's stored rates (answers and judgments
+    are not redone). Returns the latents' records, the control's and the unsteered baseline's."""
     from emkit.directions import random_direction
-    from emkit.steer import resolve_scale
+    from emkit.steer import condition, screen
 
-    scale = resolve_scale(bm, layer, None, bt)  # the screen measures strength on the base model
-    u0 = cond(base_arm, cands[0], 0.0, "screen")
-    t0 = cond(tgt_arm, cands[0], 0.0, "screen")
-    screen, control = [], {}
-    for row in screen_rows:
+    st, seed = ctx.recipe.steer, ctx.recipe.seed
+    base_arm, tgt_arm = arms
+    rows = screen(setup, base_arm, cands, layer=layer, alpha=st.screen_alpha, misaligned=tgt_arm,
+                  n_random=1 if st.random_control else 0, seed=seed, positions=st.positions)
+
+    def cond(arm: Any, d: Any, alpha: float, purpose: str) -> dict:
+        return condition(setup, arm, layer, d, alpha, positions=st.positions, scale=scale, purpose=purpose)
+
+    u0, t0 = cond(base_arm, cands[0], 0.0, "screen"), cond(tgt_arm, cands[0], 0.0, "screen")
+    baseline = {"plus": steer_rate(u0), "plus_coherent": steer_rate(u0, "coherent"),
+                "minus": steer_rate(t0), "minus_coherent": steer_rate(t0, "coherent")}
+    records, control = [], {}
+    for row in rows:
         if row["control"]:
-            d = random_direction(cands[0].dim, r.seed, cands[0].norm, layer=layer)
+            d = random_direction(cands[0].dim, seed, cands[0].norm, layer=layer)
             if d.digest() != row["digest"]:
                 raise EmkitError("cannot rebuild the screen's random control direction", hint="a bug: please report")
         else:
@@ -76,27 +63,52 @@ def stage_steer(ctx: Context) -> dict[str, Any]:
         if row["control"]:
             control = rec
         else:
-            screen.append(rec)
+            records.append(rec)
+    return records, control, baseline
+
+
+def _swept(ctx: Context, setup: Any, arms: tuple[Any, Any], d: Any, layer: int, scale: float
+           ) -> tuple[list[dict], dict[str, Any]]:
+    """Dose-response of ``d``: + on the base model, − on the target. Returns the points and usable strengths."""
+    from emkit.steer import dose_response
+
+    st = ctx.recipe.steer
+    mags = sorted({abs(a) for a in st.alphas} | {0.0})
+    kw = dict(positions=st.positions, scale=scale, max_incoherence=st.max_incoherence)
+    plus = dose_response(setup, arms[0], layer, d, mags, **kw)
+    minus = dose_response(setup, arms[1], layer, d, [-a for a in mags], **kw)
+    pts = [{"alpha": abs(row["alpha"]), "sign": sign, "model": arm.label, "misaligned": steer_rate(row),
+            "coherent": steer_rate(row, "coherent")}
+           for sign, arm, res in (("+", arms[0], plus), ("-", arms[1], minus)) for row in res["rows"]]
+    neg = minus["usable"].get("negative")
+    return pts, {"+": plus["usable"].get("positive"), "-": None if neg is None else abs(neg)}
+
+
+def stage_steer(ctx: Context) -> dict[str, Any]:
+    from emkit.directions import from_sae
+    from emkit.pipeline.behaviour import eval_setup
+    from emkit.pipeline.positive import steer_positive_control
+    from emkit.steer import Arm, resolve_scale
+
+    r = ctx.recipe
+    st = r.steer
+    sae = load_run_sae(ctx)
+    layer = (ctx.result("sae") or {})["layer"]
+    target, why = most_misaligned(ctx)
+    setup = eval_setup(ctx, ctx.questions(r.eval.questions, st.n_questions or r.eval.n_questions), st.samples)
+    latents = top_ranked(ctx, max(1, st.screen))
+    cands = [from_sae(sae, lat) for lat in latents]
+    bm, bt = ctx.load(BASE)
+    tm, tt = ctx.load(target)
+    arms = (Arm(bm, bt, BASE), Arm(tm, tt, target))
+    scale = resolve_scale(bm, layer, None, bt)  # the screen measures strength on the base model
+    screen, control, baseline = _screened(ctx, setup, arms, cands, latents, layer, scale)
     ranked = [s for s in screen if s["effect"] is not None]
     best = (max(ranked, key=lambda s: s["effect"]) if ranked else screen[0])["latent"]
-    d = cands[latents.index(best)]
-    mags = sorted({abs(a) for a in st.alphas} | {0.0})
-    plus = sweep(ctx.run, bm, bt, layer, d, mags, qs, ctx.judge, r.eval.sampling, BASE, scale=scale,
-                 max_incoherence=st.max_incoherence, **kw)
-    minus = sweep(ctx.run, tm, tt, layer, d, [-a for a in mags], qs, ctx.judge, r.eval.sampling, target,
-                  scale=scale, max_incoherence=st.max_incoherence, **kw)
-    pts = [{"alpha": abs(row["alpha"]), "sign": sign, "model": lab, "misaligned": steer_rate(row),
-            "coherent": steer_rate(row, "coherent")}
-           for sign, lab, res in (("+", BASE, plus), ("-", target, minus)) for row in res["rows"]]
-    usable = {"+": plus["usable"].get("positive"), "-": (lambda a: None if a is None else abs(a))(
-        minus["usable"].get("negative"))}
+    pts, usable = _swept(ctx, setup, arms, cands[latents.index(best)], layer, scale)
     ctx.release()
-    from emkit.pipeline.positive import steer_positive_control
-
-    pc = steer_positive_control(ctx, sae, layer, qs, scale)
+    pc = steer_positive_control(ctx, setup, sae, layer, scale)
     return {"layer": layer, "scale": scale, "positions": st.positions, "screen_alpha": st.screen_alpha,
-            "target": target, "target_why": why, "max_incoherence": st.max_incoherence,
-            "baseline": {"plus": steer_rate(u0), "plus_coherent": steer_rate(u0, "coherent"),
-                         "minus": steer_rate(t0), "minus_coherent": steer_rate(t0, "coherent")},
+            "target": target, "target_why": why, "max_incoherence": st.max_incoherence, "baseline": baseline,
             "screen": screen, "control": control, "best": best, "sweep": pts, "usable": usable,
-            "n_questions": len(qs), "samples": st.samples, "positive_control": pc}
+            "n_questions": len(setup.questions), "samples": st.samples, "positive_control": pc}
