@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from emkit.errors import EmkitError
-from emkit.sae.model import SaeConfig, TopKSAE
+from emkit.run import atomic_write_text
+from emkit.sae.config import SaeConfig
 
 CFG = "cfg.json"
 WEIGHTS = "sae.safetensors"
@@ -46,8 +47,9 @@ def sae_cfg_dict(cfg: SaeConfig) -> dict[str, Any]:
     }
 
 
-def save_sae(sae: TopKSAE, folder: str | Path) -> Path:
-    """Write ``cfg.json`` and ``sae.safetensors`` into ``folder`` (each atomically)."""
+def save_sae(sae: torch.nn.Module, folder: str | Path) -> Path:
+    """Write ``cfg.json`` and ``sae.safetensors`` of ``sae`` (a module with a ``cfg``: :class:`SaeConfig`)
+    into ``folder`` (each atomically)."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
@@ -60,8 +62,6 @@ def save_sae(sae: TopKSAE, folder: str | Path) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    from emkit.run import atomic_write_text
-
     atomic_write_text(out / CFG, json.dumps(sae_cfg_dict(sae.cfg), indent=2))
     os.chmod(out / CFG, 0o644)
     return out
@@ -101,8 +101,8 @@ def read_cfg(folder: str | Path, hook: str | None = None) -> tuple[Path, SaeConf
     return path, cfg
 
 
-def load_sae(folder: str | Path, device: str | torch.device = "cpu", hook: str | None = None) -> TopKSAE:
-    """Load an SAE folder (emkit's or sparsify's top-k layout)."""
+def read_sae(folder: str | Path, hook: str | None = None) -> tuple[Path, SaeConfig, dict[str, torch.Tensor]]:
+    """(weights file, config, tensors) of an SAE folder, each of :data:`TENSORS` present; the model checks shapes."""
     path, cfg = read_cfg(folder, hook)
     if not (path / WEIGHTS).is_file():
         raise EmkitError(f"{path / WEIGHTS} is missing")
@@ -110,11 +110,4 @@ def load_sae(folder: str | Path, device: str | torch.device = "cpu", hook: str |
     missing = [k for k in TENSORS if k not in tensors]
     if missing:
         raise EmkitError(f"{path / WEIGHTS} lacks tensors {missing}")
-    dtype = tensors["W_dec"].dtype
-    sae = TopKSAE(cfg, seed=None, dtype=dtype)
-    want = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
-    for k in TENSORS:
-        if tuple(tensors[k].shape) != want[k]:
-            raise EmkitError(f"{path / WEIGHTS}: {k} has shape {tuple(tensors[k].shape)}, cfg.json implies {want[k]}")
-    sae.load_state_dict({k: tensors[k] for k in TENSORS}, strict=True)
-    return sae.to(device).eval()
+    return path / WEIGHTS, cfg, tensors

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,26 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emkit.errors import EmkitError
-
-
-@dataclass
-class SaeConfig:
-    """Shape and provenance of a top-k SAE (written to ``cfg.json`` beside sparsify's own keys)."""
-
-    d_in: int
-    num_latents: int
-    k: int
-    hook: str = ""
-    layer: int = -1
-    model: str = ""
-    corpus: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.d_in < 1 or self.num_latents < 1:
-            raise EmkitError(f"d_in and num_latents must be positive, got {self.d_in}, {self.num_latents}")
-        if not 1 <= self.k <= self.num_latents:
-            raise EmkitError(f"k must be in 1..num_latents ({self.num_latents}), got {self.k}")
+from emkit.sae.config import SaeConfig
+from emkit.sae.io import TENSORS, read_sae, save_sae
 
 
 def _rows_mm(idx: Tensor, vals: Tensor, dense: Tensor, n_rows: int) -> Tensor:
@@ -221,19 +203,29 @@ class TopKSAE(nn.Module):
             dot = (self.W_dec.grad * self.W_dec).sum(dim=1, keepdim=True)
             self.W_dec.grad.sub_(dot * self.W_dec)
 
-    def save(self, folder: Any) -> None:
-        from emkit.sae.io import save_sae
-
-        save_sae(self, folder)
+    def save(self, folder: str | Path) -> Path:
+        """Write the SAE folder (``cfg.json`` + ``sae.safetensors``); see :mod:`emkit.sae.io`."""
+        return save_sae(self, folder)
 
     @classmethod
-    def load(cls, folder: Any, device: str | torch.device = "cpu") -> TopKSAE:
-        from emkit.sae.io import load_sae
-
-        return load_sae(folder, device=device)
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu", hook: str | None = None) -> TopKSAE:
+        """Load an SAE folder (emkit's or sparsify's top-k layout), checking every tensor's shape."""
+        path, cfg, tensors = read_sae(folder, hook)
+        sae = cls(cfg, seed=None, dtype=tensors["W_dec"].dtype)
+        want = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
+        for k in TENSORS:
+            if tuple(tensors[k].shape) != want[k]:
+                raise EmkitError(f"{path}: {k} has shape {tuple(tensors[k].shape)}, cfg.json implies {want[k]}")
+        sae.load_state_dict({k: tensors[k] for k in TENSORS}, strict=True)
+        return sae.to(device).eval()
 
     def replace_cfg(self, **changes: Any) -> None:
         self.cfg = dataclasses.replace(self.cfg, **changes)
+
+
+def load_sae(folder: str | Path, device: str | torch.device = "cpu", hook: str | None = None) -> TopKSAE:
+    """Load an SAE folder (emkit's or sparsify's top-k layout)."""
+    return TopKSAE.load(folder, device, hook)
 
 
 def fvu(x: Tensor, x_hat: Tensor) -> Tensor:

@@ -28,8 +28,9 @@ from emkit.activations import ActivationStore
 from emkit.config import config_hash, to_dict
 from emkit.errors import EmkitError
 from emkit.run import atomic_write_text
+from emkit.sae.config import SaeConfig
 from emkit.sae.io import save_sae
-from emkit.sae.model import SaeConfig, TopKSAE, geometric_median
+from emkit.sae.model import TopKSAE, geometric_median, load_sae
 
 SUMMARY = "train_summary.json"
 METRICS = "metrics.jsonl"
@@ -225,8 +226,6 @@ def train_sae(acts: str | Path | ActivationStore, out_dir: str | Path, cfg: SaeT
     if (out / SUMMARY).is_file() and not restart:
         summary = json.loads((out / SUMMARY).read_text())
         if summary.get("config_hash") == h:
-            from emkit.sae.io import load_sae
-
             return TrainResult(load_sae(out), summary)
 
     train_r, held_r = store.split(min(cfg.holdout_tokens, store.n_tokens // 5))
