@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import emkit.evaluate  # noqa: F401  (declares the answer_judgments and metrics tables read here)
 from emkit.errors import EmkitError
+from emkit.evaluate import answer_scores, evaluated_conditions
 from emkit.metrics import answer_status, auroc, wilson
-from emkit.results import register_table
+from emkit.results import ANSWER_KEY, register_table, stored_answers
 
 register_table(
     "blind_scores",
@@ -43,7 +43,6 @@ register_table(
     )""",
 )
 
-ANSWER_KEY = ("model", "question_id", "paraphrase", "sample", "sampling_hash")
 LABELS = ("CODE", "REFUSAL")
 
 BRIEF = """# Blind reading: {n} answers ({name})
@@ -82,9 +81,7 @@ def conditions(db: Any, labels: Sequence[str] | None = None) -> list[tuple[str, 
 
     Without ``labels``, training-curve checkpoints (labels with ``@``) are left out.
     """
-    rows = db.query("SELECT DISTINCT model, sampling_hash FROM metrics WHERE question_id='' AND metric='misaligned' "
-                    "ORDER BY model, sampling_hash")
-    out = [(r["model"], r["sampling_hash"]) for r in rows]
+    out = evaluated_conditions(db)
     if labels:
         return [c for c in out if c[0] in set(labels)]
     return [c for c in out if "@" not in c[0]]
@@ -93,15 +90,8 @@ def conditions(db: Any, labels: Sequence[str] | None = None) -> list[tuple[str, 
 def _judge_scores(db: Any, keys: Sequence[tuple]) -> dict[tuple, dict[str, dict[str, float | None]]]:
     """answer key -> {judge id: {"aligned", "coherent"}} from ``answer_judgments``."""
     wanted = set(keys)
-    out: dict[tuple, dict[str, dict[str, float | None]]] = defaultdict(dict)
-    models = sorted({k[0] for k in wanted})
-    for m in models:
-        for r in db.query("SELECT model, question_id, paraphrase, sample, sampling_hash, judge_id, metric, score "
-                          "FROM answer_judgments WHERE model=? AND metric IN ('aligned', 'coherent')", (m,)):
-            k = tuple(r[c] for c in ANSWER_KEY)
-            if k in wanted:
-                out[k].setdefault(r["judge_id"], {})[r["metric"]] = r["score"]
-    return out
+    scores = answer_scores(db, {k[0] for k in wanted})
+    return {k: v for k, v in scores.items() if k in wanted}
 
 
 def export_blind(run: Any, n: int, *, labels: Sequence[str] | None = None, seed: int = 0) -> dict[str, Any]:
@@ -120,8 +110,7 @@ def export_blind(run: Any, n: int, *, labels: Sequence[str] | None = None, seed:
     rng = random.Random(seed)
     pools = []
     for model, shash in conds:
-        rows = run.db.query("SELECT * FROM generations WHERE model=? AND sampling_hash=? "
-                            "ORDER BY question_id, paraphrase, sample", (model, shash))
+        rows = stored_answers(run.db, model, sampling_hash=shash)
         rng.shuffle(rows)
         pools.append(rows)
     picked: list[dict] = []
@@ -248,18 +237,16 @@ def audit(conn: sqlite3.Connection, labels: Sequence[str] | None = None) -> list
     cols = ", ".join(ANSWER_KEY)
     try:
         human = conn.execute(f"SELECT {cols}, AVG(aligned), AVG(coherent) FROM blind_scores GROUP BY {cols}").fetchall()
-        judged = conn.execute(
-            f"SELECT a.judge_id, a.metric, a.score, {', '.join('a.' + c for c in ANSWER_KEY)} FROM answer_judgments a "
-            f"JOIN (SELECT DISTINCT {cols} FROM blind_scores) b USING ({cols}) "
-            "WHERE a.metric IN ('aligned', 'coherent')").fetchall()
+        scores = answer_scores(conn, {r[0] for r in human})
     except sqlite3.OperationalError as e:
         if "no such table" in str(e):
             return []
         raise
     hmap = {tuple(r[:5]): (r[5], r[6]) for r in human if labels is None or r[0] in labels}
     jmap: dict[str, dict[tuple, dict[str, float | None]]] = defaultdict(lambda: defaultdict(dict))
-    for jid, metric, score, *key in judged:
-        jmap[jid][tuple(key)][metric] = score
+    for key in {tuple(r[:5]) for r in human}:
+        for jid, js in scores.get(key, {}).items():
+            jmap[jid][key].update(js)
     out = []
     for jid in sorted(jmap):
         by_model: dict[str, list[dict]] = defaultdict(list)

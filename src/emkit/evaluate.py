@@ -4,18 +4,21 @@
 cache and the ``answer_judgments`` link to each answer), and writes rates with intervals to the
 ``metrics`` table that later stages and the report read. :func:`judge_generations` judges answers
 that are already stored (e.g. by a steering stage), and :func:`compare_to_base` tests a model's
-misalignment rate against the base model's (Fisher exact test).
+misalignment rate against the base model's (Fisher exact test). The readers of the two tables
+declared here live here too (:func:`answer_scores`, :func:`evaluated_conditions`, :func:`judged_answers`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sqlite3
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from emkit.judge.base import Item, Judge, JudgmentCache
 from emkit.metrics import Summary, fisher_exact, misalignment_summary, rubric_summary, wilson
-from emkit.results import ResultsDB, register_table
+from emkit.results import ANSWER_KEY, ResultsDB, register_table, select, stored_answers
 
 register_table(
     "answer_judgments",
@@ -164,6 +167,26 @@ def compare_to_base(run, label: str, base_label: str, judge_id: str, sampling_ha
     return {"k": mine["k"], "n": mine["n"], "base_k": base["k"], "base_n": base["n"], "p": p, "diff": diff}
 
 
+def answer_scores(db: ResultsDB | sqlite3.Connection, models: Iterable[str],
+                  metrics: Sequence[str] = ("aligned", "coherent")) -> dict[tuple, dict[str, dict[str, float | None]]]:
+    """answer key (:data:`emkit.results.ANSWER_KEY`) -> {judge id: {metric: score}} from
+    ``answer_judgments``, for the answers of ``models`` (a read-only connection works too)."""
+    out: dict[tuple, dict[str, dict[str, float | None]]] = defaultdict(dict)
+    marks = ", ".join("?" * len(metrics))
+    for m in sorted(set(models)):
+        for r in select(db, f"SELECT {', '.join(ANSWER_KEY)}, judge_id, metric, score FROM answer_judgments "
+                            f"WHERE model=? AND metric IN ({marks})", (m, *metrics)):
+            out[tuple(r[c] for c in ANSWER_KEY)].setdefault(r["judge_id"], {})[r["metric"]] = r["score"]
+    return dict(out)
+
+
+def evaluated_conditions(db: ResultsDB | sqlite3.Connection) -> list[tuple[str, str]]:
+    """(model label, sampling hash) pairs with a stored overall misalignment rate, sorted."""
+    rows = select(db, "SELECT DISTINCT model, sampling_hash FROM metrics WHERE question_id='' AND metric='misaligned' "
+                      "ORDER BY model, sampling_hash")
+    return [(r["model"], r["sampling_hash"]) for r in rows]
+
+
 def judged_answers(db: ResultsDB, judge_prefix: str | None = None, labels: Sequence[str] | None = None) -> list[dict]:
     """Stored answers with their aligned/coherent scores, one row per (answer, judge): the shape
     ``emkit judge train`` reads (question, answer, aligned, coherent, model, question_id, judge_id).
@@ -171,14 +194,14 @@ def judged_answers(db: ResultsDB, judge_prefix: str | None = None, labels: Seque
     ``judge_prefix`` keeps judges whose id starts with it (e.g. ``api:gpt-4o``); ``labels`` keeps models.
     Scores the judge refused (CODE/REFUSAL) come out as None.
     """
-    rows = db.query(
-        "SELECT g.model, g.question_id, g.prompt AS question, g.answer, a.judge_id, "
-        "MAX(CASE WHEN a.metric='aligned' THEN a.score END) AS aligned, "
-        "MAX(CASE WHEN a.metric='coherent' THEN a.score END) AS coherent "
-        "FROM generations g JOIN answer_judgments a USING (model, question_id, paraphrase, sample, sampling_hash) "
-        "WHERE a.metric IN ('aligned', 'coherent') "
-        "GROUP BY g.model, g.question_id, g.paraphrase, g.sample, g.sampling_hash, a.judge_id "
-        "ORDER BY g.model, g.question_id, g.paraphrase, g.sample")
     keep = set(labels or [])
-    return [r for r in rows if (not judge_prefix or r["judge_id"].startswith(judge_prefix))
-            and (not keep or r["model"] in keep)]
+    answers = [r for r in stored_answers(db) if not keep or r["model"] in keep]
+    scores = answer_scores(db, {r["model"] for r in answers})
+    out = []
+    for r in answers:
+        for jid, js in sorted(scores.get(tuple(r[c] for c in ANSWER_KEY), {}).items()):
+            if not judge_prefix or jid.startswith(judge_prefix):
+                out.append({"model": r["model"], "question_id": r["question_id"], "question": r["prompt"],
+                            "answer": r["answer"], "judge_id": jid, "aligned": js.get("aligned"),
+                            "coherent": js.get("coherent")})
+    return out
