@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from emkit.data.question_file import read_question_file
 from emkit.data.schema import ChatRow, Question, normalize_text
 from emkit.errors import EmkitError
 
@@ -206,9 +207,7 @@ def load_builtin_questions(name: str) -> list[Question]:
     if s is None or s.kind != "questions":
         raise EmkitError(f"no built-in question set named {name!r}", hint=f"one of {question_names()}")
     if s.name == "broad":
-        from emkit.data.questions import load_questions
-
-        return load_questions(BROAD)
+        return read_question_file(BROAD)
     domain = s.name.removesuffix("_check")
     return [
         Question(
