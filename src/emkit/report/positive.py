@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from emkit.report.summary import fmt_p, fmt_rate
+from emkit.report.fmt import fmt_p, fmt_rate
 
 
 def _esc(x: Any) -> str:

@@ -14,23 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 from emkit.metrics import fisher_exact, mdd, samples_needed
+from emkit.report.fmt import fmt_p, fmt_rate
+from emkit.report.positive import summary_lines
 
 ALPHA = 0.05
 TRUST_AUROC = 0.80  # emkit.judge.distill.TRUST_AUROC; stage files record the threshold they used
-
-
-def fmt_rate(r: dict | None, n: bool = True) -> str:
-    """``9.8% [6.9, 13.6] (n = 200)``; ``n/a (no valid answers)`` when empty."""
-    if not r or r.get("value") is None:
-        return "n/a (no valid answers)"
-    s = f"{100 * r['value']:.1f}% [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]"
-    return f"{s} (n = {r['n']})" if n else s
-
-
-def fmt_p(p: float | None) -> str:
-    if p is None:
-        return "p = n/a"
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.1 else f"p = {p:.2f}"
 
 
 def compare(a: dict | None, b: dict | None) -> tuple[float | None, str]:
@@ -281,6 +269,4 @@ def latents(res: dict[str, Any]) -> list[str]:
 
 def summary_sentences(res: dict[str, Any]) -> list[str]:
     """All summary sentences, behaviour first, then latents, steering, prediction and re-alignment."""
-    from emkit.report.positive import summary_lines
-
     return behaviour(res) + summary_lines(res) + latents(res)

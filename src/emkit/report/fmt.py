@@ -1,0 +1,18 @@
+"""How the report writes a rate and a p-value (shared by every section)."""
+
+from __future__ import annotations
+
+
+def fmt_rate(r: dict | None, n: bool = True) -> str:
+    """``9.8% [6.9, 13.6] (n = 200)``; ``n/a (no valid answers)`` when empty."""
+    if not r or r.get("value") is None:
+        return "n/a (no valid answers)"
+    s = f"{100 * r['value']:.1f}% [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]"
+    return f"{s} (n = {r['n']})" if n else s
+
+
+def fmt_p(p: float | None) -> str:
+    """``p < 0.001``, ``p = 0.012`` or ``p = 0.34``; ``p = n/a`` when there is no test."""
+    if p is None:
+        return "p = n/a"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.1 else f"p = {p:.2f}"
