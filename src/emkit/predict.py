@@ -311,9 +311,10 @@ def measure_family(run: Any, base: Any, members: Sequence[tuple[str, float, Any]
     judged behaviour. ``base`` and each member's model are a spec (loaded one at a time), a
     ``(model, tok)`` pair or a function returning one. Returns ``(base_acts, members)`` for
     :func:`family_stats`."""
-    from emkit.evaluate import judge_generations
-    from emkit.generate import answer_questions, build_prompt
+    from emkit.eval_setup import EvalSetup
+    from emkit.generate import build_prompt
 
+    setup = EvalSetup(run, judge, sampling, questions, samples, progress)
     prompts = [build_prompt(q, text) for q in questions for text in q.paraphrases]
     qids = [q.id for q in questions]
 
@@ -332,8 +333,7 @@ def measure_family(run: Any, base: Any, members: Sequence[tuple[str, float, Any]
     for name, x, spec in members:
         m, t = load(spec)
         acts = prompt_values(m, t, layer, [probe], prompts, tokens=tokens)[0]
-        gen = answer_questions(run, m, t, questions, sampling, label=name, samples=samples, progress=progress)
-        mis, den = behaviour_counts(judge_generations(run, judge, gen, questions, progress=progress), qids)
+        mis, den = behaviour_counts(setup.judged(m, t, name), qids)
         out.append(Member(name, float(x), acts, mis, den))
         del m
     return base_acts, out

@@ -72,11 +72,12 @@ class CurveCallback(EvalCallback):
 def judge_eval_fn(run: Any, questions: Sequence, judge: Any, sampling: Any, label: str, samples: int) -> EvalFn:
     """``eval_fn`` answering ``questions`` and judging them with :func:`emkit.evaluate.evaluate`."""
 
-    def eval_fn(model: Any, tok: Any, step: int) -> dict[str, Metric]:
-        from emkit.evaluate import evaluate
+    from emkit.eval_setup import EvalSetup
 
-        result = evaluate(run, model, tok, questions, judge, sampling, label=f"{label}@step{step}", samples=samples)
-        return summary_metrics(result)
+    setup = EvalSetup(run, judge, sampling, questions, samples)
+
+    def eval_fn(model: Any, tok: Any, step: int) -> dict[str, Metric]:
+        return summary_metrics(setup.evaluate(model, tok, f"{label}@step{step}"))
 
     return eval_fn
 
