@@ -1,4 +1,5 @@
-"""What every stage shares: the recipe, the run folder, loaded models, the judge and question sets.
+"""What every stage shares: the recipe, the run folder, loaded models, the judge and question sets;
+what a stage is (:class:`Stage`); and where its result summary is stored (``RUN/pipeline/<stage>.json``).
 
 The base model is loaded once and kept; a fine-tune is loaded on demand (base + adapter, merged
 for speed) and dropped when another is asked for, so memory holds at most two models.
@@ -7,15 +8,56 @@ for speed) and dropped when another is asked for, so memory holds at most two mo
 from __future__ import annotations
 
 import gc
+import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from emkit.errors import EmkitError
 from emkit.pipeline.recipe import BASE, Recipe
-from emkit.pipeline.runner import read_result, write_result
+from emkit.run import atomic_write_text
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stage:
+    """A pipeline step: what it reads (``deps``, recipe ``sections``), how to run it, how long it takes."""
+
+    name: str
+    title: str
+    deps: tuple[str, ...]
+    sections: Callable[[Recipe], Any]
+    fn: Callable[[Any], dict]
+    estimate: Callable[[Recipe], float]
+    soft: tuple[str, ...] = ()  # read when present; may be skipped by the recipe
+
+
+def result_path(run_dir: Path, stage: str) -> Path:
+    return Path(run_dir) / "pipeline" / f"{stage}.json"
+
+
+def read_result(run_dir: Path, stage: str) -> dict | None:
+    """A stage's stored summary, or None if it has not run."""
+    p = result_path(run_dir, stage)
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8", errors="replace"))
+    except json.JSONDecodeError as e:
+        raise EmkitError(f"{p} is corrupt ({e.msg} at line {e.lineno})",
+                         hint=f"re-run from that stage: emkit run RECIPE --from {stage}") from None
+
+
+def _plain(o: Any) -> Any:
+    """JSON fallback: numpy/torch scalars as numbers, anything else as text."""
+    return o.item() if hasattr(o, "item") and callable(o.item) else str(o)
+
+
+def write_result(run_dir: Path, stage: str, data: dict) -> None:
+    atomic_write_text(result_path(run_dir, stage), json.dumps(data, indent=1, sort_keys=True, default=_plain))
 
 
 class Context:

@@ -23,23 +23,12 @@ from rich.console import Console
 
 from emkit.config import config_hash, to_dict
 from emkit.errors import EmkitError
+from emkit.pipeline.context import Context, Stage, read_result, result_path, write_result
 from emkit.pipeline.recipe import STAGE_NAMES, Recipe
+from emkit.pipeline.stages import STAGES
 from emkit.run import Run, atomic_write_text
 
 console = Console(stderr=True)
-
-
-@dataclass
-class Stage:
-    """A pipeline step: what it reads (``deps``, recipe ``sections``), how to run it, how long it takes."""
-
-    name: str
-    title: str
-    deps: tuple[str, ...]
-    sections: Callable[[Recipe], Any]
-    fn: Callable[[Any], dict]
-    estimate: Callable[[Recipe], float]
-    soft: tuple[str, ...] = ()  # read when present; may be skipped by the recipe
 
 
 def stage_hashes(recipe: Recipe, stages: list[Stage]) -> dict[str, str]:
@@ -50,31 +39,6 @@ def stage_hashes(recipe: Recipe, stages: list[Stage]) -> dict[str, str]:
         out[st.name] = config_hash({"stage": st.name, "own": to_dict(st.sections(recipe)),
                                     "deps": {d: out[d] for d in deps}})
     return out
-
-
-def result_path(run_dir: Path, stage: str) -> Path:
-    return Path(run_dir) / "pipeline" / f"{stage}.json"
-
-
-def read_result(run_dir: Path, stage: str) -> dict | None:
-    """A stage's stored summary, or None if it has not run."""
-    p = result_path(run_dir, stage)
-    if not p.is_file():
-        return None
-    try:
-        return json.loads(p.read_text(encoding="utf-8", errors="replace"))
-    except json.JSONDecodeError as e:
-        raise EmkitError(f"{p} is corrupt ({e.msg} at line {e.lineno})",
-                         hint=f"re-run from that stage: emkit run RECIPE --from {stage}") from None
-
-
-def _plain(o: Any) -> Any:
-    """JSON fallback: numpy/torch scalars as numbers, anything else as text."""
-    return o.item() if hasattr(o, "item") and callable(o.item) else str(o)
-
-
-def write_result(run_dir: Path, stage: str, data: dict) -> None:
-    atomic_write_text(result_path(run_dir, stage), json.dumps(data, indent=1, sort_keys=True, default=_plain))
 
 
 @dataclass
@@ -89,8 +53,6 @@ class PlanItem:
 def plan(recipe: Recipe, run_dir: Path | None = None, *, only: str | None = None, start: str | None = None,
          stages: list[Stage] | None = None) -> list[PlanItem]:
     """What ``run`` would do: each stage with its status and estimated seconds."""
-    from emkit.pipeline.stages import STAGES
-
     stages = stages or STAGES
     names = [s.name for s in stages]
     for flag, val in (("--only", only), ("--from", start)):
@@ -261,9 +223,6 @@ def run_pipeline(recipe: Recipe, *, only: str | None = None, start: str | None =
     The run folder is locked for this process; another ``emkit run`` on it fails at once naming the
     holder, or (``wait``) starts when the holder ends.
     """
-    from emkit.pipeline.context import Context
-    from emkit.pipeline.stages import STAGES
-
     stages = stages or STAGES
     run_dir = Path(out) if out is not None else recipe.out_dir
     items = plan(recipe, run_dir, only=only, start=start, stages=stages)

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from emkit.pipeline.behaviour import stage_baseline, stage_evaluate, stage_finetune, stage_realign
-from emkit.pipeline.context import Context
+from emkit.pipeline.context import Context, Stage
 from emkit.pipeline.latents import stage_diff, stage_interpret, stage_sae
 from emkit.pipeline.prediction import stage_predict
 from emkit.pipeline.recipe import Recipe
-from emkit.pipeline.runner import Stage
 from emkit.pipeline.steering import stage_steer
 
 # Reference rates: the bundled 135M model, float32, one thread on a shared 2-core CPU, fitted to
