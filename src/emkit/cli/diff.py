@@ -126,7 +126,7 @@ def register(app: typer.Typer) -> None:
         import itertools
 
         from emkit.activations import ActivationStore
-        from emkit.cli.sae import corpus_documents
+        from emkit.data.corpus import iter_documents as corpus_documents
         from emkit.diff import sae_id, stored_ranking
         from emkit.errors import EmkitError
         from emkit.interpret import latent_cards

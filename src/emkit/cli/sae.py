@@ -12,35 +12,6 @@ from rich.table import Table
 out = Console()
 
 
-def corpus_documents(spec: str):
-    """Documents of a corpus spec via ``emkit.data.corpus``; without it, a local .txt/.jsonl file or folder."""
-    try:
-        from emkit.data.corpus import iter_documents
-    except ImportError:
-        return _local_documents(spec)
-    return iter_documents(spec)
-
-
-def _local_documents(spec: str):
-    from emkit.errors import EmkitError
-
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise EmkitError(f"no corpus at {spec!r}", hint="give a .txt/.jsonl file or a folder of them")
-    files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl")) if path.is_dir() else [path]
-    for f in files:
-        if f.suffix == ".jsonl":
-            for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise EmkitError(f"{f}:{n}: invalid JSON ({e.msg})") from None
-                    yield rec if isinstance(rec, str) else rec
-        else:
-            yield from (p for p in f.read_text(encoding="utf-8").split("\n\n") if p.strip())
-
-
 def print_summary(s: dict) -> None:
     t = Table("metric", "value", title="SAE training")
     sae = s.get("sae", {})
@@ -92,6 +63,7 @@ def register(app: typer.Typer) -> None:
         Example: emkit sae train --model smollm2-135m-instruct --layer 15 --corpus builtin --tokens 300000 --latents 4096 --k 32 --out runs/sae-l15
         """
         from emkit.activations import capture
+        from emkit.data.corpus import iter_documents
         from emkit.errors import EmkitError
         from emkit.models import load_model
         from emkit.models.layers import num_layers
@@ -107,7 +79,7 @@ def register(app: typer.Typer) -> None:
         if not 0 <= lay < n:
             raise EmkitError(f"--layer {lay} is out of range", hint=f"the model has layers 0..{n - 1}")
         acts_dir = acts or out_dir / "activations"
-        index = capture(m, tok, lay, corpus_documents(corpus), acts_dir, max_tokens=tokens, ctx_len=ctx_len,
+        index = capture(m, tok, lay, iter_documents(corpus), acts_dir, max_tokens=tokens, ctx_len=ctx_len,
                         batch_size=capture_batch, dtype=acts_dtype, source=corpus)
         out.print(f"activations: {index['n_tokens']:,} tokens of {index['hook']} in {acts_dir} ({index['stopped']})")
         del m
