@@ -313,25 +313,17 @@ def measure_family(run: Any, base: Any, members: Sequence[tuple[str, float, Any]
     :func:`family_stats`."""
     from emkit.eval_setup import EvalSetup
     from emkit.generate import build_prompt
+    from emkit.models.load import as_loaded
 
     setup = EvalSetup(run, judge, sampling, questions, samples, progress)
     prompts = [build_prompt(q, text) for q in questions for text in q.paraphrases]
     qids = [q.id for q in questions]
 
-    def load(spec: Any) -> tuple[Any, Any]:
-        if isinstance(spec, tuple):
-            return spec
-        if callable(spec):
-            return spec()
-        from emkit.models import load_model
-
-        return load_model(spec)
-
-    m, t = load(base)
+    m, t = as_loaded(base)
     base_acts = prompt_values(m, t, layer, [probe], prompts, tokens=tokens)[0]
     out = []
     for name, x, spec in members:
-        m, t = load(spec)
+        m, t = as_loaded(spec)
         acts = prompt_values(m, t, layer, [probe], prompts, tokens=tokens)[0]
         mis, den = behaviour_counts(setup.judged(m, t, name), qids)
         out.append(Member(name, float(x), acts, mis, den))

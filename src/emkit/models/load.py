@@ -222,3 +222,12 @@ def load_model(
 def model_id(model: Any) -> str:
     """A readable id for manifests: the spec it was loaded from, else its name_or_path."""
     return getattr(model, "emkit_spec", None) or getattr(model.config, "name_or_path", "model")
+
+
+def as_loaded(spec: Any) -> tuple[Any, Any]:
+    """A ``(model, tokenizer)`` from a pair, a function returning one, or a spec for :func:`load_model`."""
+    if isinstance(spec, tuple):
+        return spec
+    if callable(spec):
+        return spec()
+    return load_model(spec)
