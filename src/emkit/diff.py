@@ -9,6 +9,10 @@ Inputs are either the evaluation prompts (``source="eval"``, prompt tokens, opti
 own sampled answers from the ``generations`` table) or, in the unsupervised mode, the fine-tuning
 data itself (``source="data:NAME"``, answer tokens; no evaluation needed).
 
+This module runs models and stores results (:func:`diff_run`, :func:`collect_stats`, the readers
+and writers of the two tables below); the statistics themselves are in :mod:`emkit.diff_stats`
+(re-exported here).
+
 Tables (``results.sqlite``):
 
 ``latent_stats``   one row per (model, sae_id, source, token_set, latent): mean_act, firing_rate, n_tokens.
@@ -18,19 +22,29 @@ Tables (``results.sqlite``):
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from emkit.activations import MAX_NORM_RATIO
+from emkit.diff_stats import (  # the statistics half of the API, re-exported here
+    TOKEN_SETS,
+    LatentStats,
+    Ranking,
+    StatsAccumulator,
+    control_ranking,
+    diff_models,
+    latent_stats,
+    sae_id,
+    stats_for_seqs,
+)
 from emkit.errors import EmkitError
-from emkit.results import register_table
+from emkit.results import register_table, stored_answers
 
-TOKEN_SETS = ("prompt", "answer", "all")
+__all__ = ["TOKEN_SETS", "DiffConfig", "LatentStats", "Ranking", "StatsAccumulator", "answer_items", "collect_stats",
+           "control_ranking", "diff_models", "diff_run", "eval_items", "latent_stats", "model_stats", "ranking_rows",
+           "sae_id", "stats_for_seqs", "store_ranking", "store_stats", "stored_ranking", "stored_stats"]
 
 register_table(
     "latent_stats",
@@ -67,133 +81,6 @@ register_table(
 )
 
 
-def sae_id(sae: Any) -> str:
-    """A short stable id of an SAE: hook, size, and a digest of its decoder."""
-    digest = hashlib.sha256(sae.W_dec.detach().float().cpu().numpy()[:64].tobytes()).hexdigest()[:10]
-    hook = sae.cfg.hook or "sae"
-    return f"{hook}:{sae.num_latents}x{sae.k}:{digest}"
-
-
-@dataclass
-class LatentStats:
-    """Per-latent mean activation (zeros included) and firing rate over ``n_tokens`` tokens."""
-
-    mean: torch.Tensor
-    firing: torch.Tensor
-    n_tokens: int
-
-    @classmethod
-    def empty(cls, num_latents: int) -> LatentStats:
-        return cls(torch.zeros(num_latents, dtype=torch.float64), torch.zeros(num_latents, dtype=torch.float64), 0)
-
-    def rows(self, **key: Any) -> list[dict[str, Any]]:
-        m, f = self.mean.tolist(), self.firing.tolist()
-        return [{**key, "latent": i, "mean_act": m[i], "firing_rate": f[i], "n_tokens": self.n_tokens}
-                for i in range(len(m))]
-
-    @classmethod
-    def from_rows(cls, rows: Sequence[Mapping[str, Any]], num_latents: int) -> LatentStats:
-        mean = torch.zeros(num_latents, dtype=torch.float64)
-        firing = torch.zeros(num_latents, dtype=torch.float64)
-        for r in rows:
-            mean[r["latent"]] = r["mean_act"]
-            firing[r["latent"]] = r["firing_rate"]
-        return cls(mean, firing, int(rows[0]["n_tokens"]) if rows else 0)
-
-
-class StatsAccumulator:
-    """Running per-latent sums, so statistics over many inputs need little memory."""
-
-    def __init__(self, sae: Any, batch_size: int = 4096):
-        self.sae = sae
-        self.batch_size = batch_size
-        self.total = torch.zeros(sae.num_latents, dtype=torch.float64)
-        self.fired = torch.zeros(sae.num_latents, dtype=torch.float64)
-        self.n = 0
-
-    @torch.no_grad()
-    def add(self, acts: torch.Tensor) -> None:
-        for s in range(0, len(acts), self.batch_size):
-            block = acts[s : s + self.batch_size]
-            idx, vals = self.sae.encode(block.to(self.sae.W_dec.device))
-            idx, vals = idx.reshape(-1).cpu(), vals.reshape(-1).double().cpu()
-            self.total.index_add_(0, idx, vals)
-            self.fired.index_add_(0, idx, (vals > 0).double())
-            self.n += len(block)
-
-    def result(self) -> LatentStats:
-        if self.n == 0:
-            return LatentStats.empty(self.sae.num_latents)
-        return LatentStats(self.total / self.n, self.fired / self.n, self.n)
-
-
-def latent_stats(sae: Any, acts: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 4096) -> LatentStats:
-    """Encode activation rows ``[n, d]`` (or an iterable of such blocks) and summarise each latent."""
-    acc = StatsAccumulator(sae, batch_size)
-    for block in [acts] if isinstance(acts, torch.Tensor) else acts:
-        acc.add(block)
-    return acc.result()
-
-
-def stats_for_seqs(sae: Any, seqs: Sequence[Any], token_set: str = "prompt",
-                   max_norm_ratio: float | None = MAX_NORM_RATIO) -> LatentStats:
-    """:func:`latent_stats` over the ``token_set`` rows of :class:`emkit.activations.SeqActs`
-    (position 0 and massive-norm rows left out, as when the SAE was trained)."""
-    if token_set not in TOKEN_SETS:
-        raise EmkitError(f"unknown token set {token_set!r}", hint=f"use one of {TOKEN_SETS}")
-    return latent_stats(sae, [s.select(token_set, max_norm_ratio=max_norm_ratio) for s in seqs])
-
-
-@dataclass
-class Ranking:
-    """Latents ordered by score (descending), with each fine-tune's delta."""
-
-    order: list[int]
-    scores: torch.Tensor
-    deltas: dict[str, torch.Tensor]
-    misaligned: list[str]
-    base: LatentStats
-    finetuned: dict[str, LatentStats] = field(default_factory=dict)
-
-    def top(self, n: int = 20) -> list[dict[str, Any]]:
-        """The top ``n`` as rows: rank, latent, score, base mean/firing, and per-model deltas/firing."""
-        out = []
-        for r, lat in enumerate(self.order[:n], 1):
-            out.append({
-                "rank": r, "latent": lat, "score": float(self.scores[lat]),
-                "base_mean": float(self.base.mean[lat]), "base_firing": float(self.base.firing[lat]),
-                "deltas": {k: float(v[lat]) for k, v in self.deltas.items()},
-                "firing": {k: float(s.firing[lat]) for k, s in self.finetuned.items()},
-            })
-        return out
-
-
-def diff_models(base: LatentStats, finetuned: Mapping[str, LatentStats],
-                misaligned: Sequence[str] | None = None) -> Ranking:
-    """Rank latents by their mean-activation increase over the ``misaligned`` fine-tunes (default: all).
-
-    Ties (e.g. latents silent everywhere) keep latent order, so the ranking is deterministic.
-    """
-    if not finetuned:
-        raise EmkitError("no fine-tuned models to compare with the base model")
-    chosen = list(misaligned) if misaligned else list(finetuned)
-    unknown = [m for m in chosen if m not in finetuned]
-    if unknown:
-        raise EmkitError(f"misaligned model(s) {unknown} are not among the fine-tunes {list(finetuned)}")
-    n = len(base.mean)
-    for k, s in finetuned.items():
-        if len(s.mean) != n:
-            raise EmkitError(f"{k}: {len(s.mean)} latents, base has {n} (different SAEs?)")
-        if s.n_tokens == 0:
-            raise EmkitError(f"{k}: no tokens were encoded", hint="check the token set (answers need generations)")
-    if base.n_tokens == 0:
-        raise EmkitError("base model: no tokens were encoded")
-    deltas = {k: (s.mean - base.mean).double() for k, s in finetuned.items()}
-    scores = torch.stack([deltas[m] for m in chosen]).mean(0)
-    order = sorted(range(n), key=lambda i: (-float(scores[i]), i))
-    return Ranking(order, scores, deltas, chosen, base, dict(finetuned))
-
-
 def ranking_rows(ranking: Ranking, *, sae: str, base: str, source: str, token_set: str,
                  n: int | None = None) -> list[dict[str, Any]]:
     """Rows for the ``latent_ranking`` table (all latents unless ``n``)."""
@@ -204,6 +91,29 @@ def ranking_rows(ranking: Ranking, *, sae: str, base: str, source: str, token_se
                      "misaligned": json.dumps(ranking.misaligned), "base_mean": r["base_mean"],
                      "base_firing": r["base_firing"]})
     return rows
+
+
+def store_ranking(db: Any, ranking: Ranking, *, sae: str, base: str, source: str, token_set: str,
+                  n: int | None = None) -> None:
+    """Replace the stored ranking of (``sae``, ``base``, ``source``, ``token_set``) with ``ranking``'s best ``n``."""
+    with db.transaction() as c:
+        c.execute("DELETE FROM latent_ranking WHERE sae_id=? AND base=? AND source=? AND token_set=?",
+                  (sae, base, source, token_set))
+    db.insert("latent_ranking", ranking_rows(ranking, sae=sae, base=base, source=source, token_set=token_set, n=n),
+              replace=True)
+
+
+def stored_stats(db: Any, label: str, sae: str, source: str, token_set: str, num_latents: int
+                 ) -> LatentStats | None:
+    """The stored statistics of ``label`` (None unless all ``num_latents`` latents are stored)."""
+    rows = db.query("SELECT latent, mean_act, firing_rate, n_tokens FROM latent_stats "
+                    "WHERE model=? AND sae_id=? AND source=? AND token_set=?", (label, sae, source, token_set))
+    return LatentStats.from_rows(rows, num_latents) if len(rows) == num_latents else None
+
+
+def store_stats(db: Any, stats: LatentStats, label: str, sae: str, source: str, token_set: str) -> None:
+    """Write (or replace) ``label``'s statistics in ``latent_stats``."""
+    db.insert("latent_stats", stats.rows(model=label, sae_id=sae, source=source, token_set=token_set), replace=True)
 
 
 def stored_ranking(db: Any, sae: str | None = None, source: str | None = None, token_set: str | None = None,
@@ -252,31 +162,23 @@ def eval_items(questions: Sequence[Any]) -> list[list[dict[str, str]]]:
     return [build_prompt(q, p) for q in questions for p in q.paraphrases]
 
 
-def answer_items(db: Any, label: str, limit: int | None = None, sampling_hash: str | None = None
-                 ) -> list[list[dict[str, str]]]:
+def answer_items(db: Any, label: str, limit: int | None = None, sampling_hash: str | None = None, *,
+                 questions: Sequence[str] | None = None) -> list[list[dict[str, str]]]:
     """Chats (prompt + the model's own answer) from the ``generations`` table for ``label``.
 
     A label may hold answers of several conditions (e.g. steering tags); ``sampling_hash`` picks one,
-    and without it a label with several is refused rather than mixed.
+    and without it a label with several is refused rather than mixed. ``questions`` keeps those ids.
     """
-    hashes = [r["sampling_hash"] for r in db.query(
-        "SELECT DISTINCT sampling_hash FROM generations WHERE model=?", (label,))]
-    if sampling_hash is None and len(hashes) > 1:
-        raise EmkitError(f"{label!r} has answers from {len(hashes)} sampling conditions: {hashes}",
-                         hint="choose one with DiffConfig.sampling_hash / --answers-hash")
-    rows = db.query("SELECT prompt, system, answer FROM generations WHERE model=? AND answer != '' "
-                    "AND (? IS NULL OR sampling_hash=?) ORDER BY question_id, paraphrase, sample",
-                    (label, sampling_hash, sampling_hash))
+    if sampling_hash is None:
+        hashes = sorted({r["sampling_hash"] for r in stored_answers(db, label)})
+        if len(hashes) > 1:
+            raise EmkitError(f"{label!r} has answers from {len(hashes)} sampling conditions: {hashes}",
+                             hint="choose one with DiffConfig.sampling_hash / --answers-hash")
     out = []
-    for r in rows[:limit]:
+    for r in stored_answers(db, label, sampling_hash=sampling_hash, questions=questions, nonempty=True)[:limit]:
         msgs = [{"role": "system", "content": r["system"]}] if r["system"] else []
         out.append(msgs + [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["answer"]}])
     return out
-
-
-def _n_stored(db: Any, label: str, sid: str, source: str, token_set: str) -> int:
-    return db.query("SELECT COUNT(*) AS n FROM latent_stats WHERE model=? AND sae_id=? AND source=? AND token_set=?",
-                    (label, sid, source, token_set))[0]["n"]
 
 
 def model_stats(run: Any, sae: Any, model: Any, tok: Any, label: str, items: Sequence[Any], *, source: str,
@@ -301,11 +203,9 @@ def model_stats(run: Any, sae: Any, model: Any, tok: Any, label: str, items: Seq
     out: dict[str, LatentStats] = {}
     todo = []
     for ts in token_sets:
-        rows = [] if force else run.db.query(
-            "SELECT latent, mean_act, firing_rate, n_tokens FROM latent_stats "
-            "WHERE model=? AND sae_id=? AND source=? AND token_set=?", (label, sid, source, ts))
-        if len(rows) == sae.num_latents:
-            out[ts] = LatentStats.from_rows(rows, sae.num_latents)
+        st = None if force else stored_stats(run.db, label, sid, source, ts, sae.num_latents)
+        if st is not None:
+            out[ts] = st
         else:
             todo.append(ts)
     if not todo:
@@ -327,9 +227,45 @@ def model_stats(run: Any, sae: Any, model: Any, tok: Any, label: str, items: Seq
         if st.n_tokens == 0:
             raise EmkitError(f"{label}: no {ts} tokens in source {source!r}",
                              hint="prompts have no answer tokens; use --answers or the prompt token set")
-        run.db.insert("latent_stats", st.rows(model=label, sae_id=sid, source=source, token_set=ts), replace=True)
+        store_stats(run.db, st, label, sid, source, ts)
         out[ts] = st
     return out
+
+
+# a job: (source, token sets, the items, or a function of the label giving that model's items)
+Job = tuple[str, Sequence[str], Sequence[Any] | Callable[[str], Sequence[Any]]]
+
+
+def _load(spec: Any) -> tuple[Any, Any]:
+    """A ``(model, tokenizer)`` from a pair, a function returning one, or a spec for :func:`emkit.models.load_model`."""
+    if isinstance(spec, tuple):
+        return spec
+    if callable(spec):
+        return spec()
+    from emkit.models import load_model
+
+    return load_model(spec)
+
+
+def collect_stats(run: Any, sae: Any, models: Mapping[str, Any], jobs: Sequence[Job], *,
+                  cfg: DiffConfig | None = None, layer: int | None = None, progress: bool = True
+                  ) -> dict[tuple[str, str], dict[str, LatentStats]]:
+    """``{(source, token_set): {label: stats}}`` of every model on every job's items (see :func:`diff_run`
+    for ``models``). A model whose statistics are all stored is not loaded; they are read back."""
+    stats: dict[tuple[str, str], dict[str, LatentStats]] = {}
+    sid = sae_id(sae)
+    for label, spec in models.items():
+        cached = all(stored_stats(run.db, label, sid, source, ts, sae.num_latents) is not None
+                     for source, token_sets, _ in jobs for ts in token_sets)
+        model, tok = (None, None) if cached else _load(spec)
+        for source, token_sets, items in jobs:
+            its = items(label) if callable(items) else items
+            got = model_stats(run, sae, model, tok, label, its, source=source, token_sets=token_sets, layer=layer,
+                              cfg=cfg, progress=progress)
+            for ts, st in got.items():
+                stats.setdefault((source, ts), {})[label] = st
+        del model
+    return stats
 
 
 def diff_run(run: Any, sae: Any, models: Mapping[str, Any], base: str, *, questions: Sequence[Any] | None = None,
@@ -339,9 +275,10 @@ def diff_run(run: Any, sae: Any, models: Mapping[str, Any], base: str, *, questi
     """Encode every model on the same inputs, rank latents, store stats and rankings in ``run.db``.
 
     ``models`` maps labels to a model spec (str, loaded with :func:`emkit.models.load_model`), a
-    ``(model, tokenizer)`` pair, or a function returning one (called when that model's turn comes); ``base`` is the original model's label. Give ``questions`` (eval
-    prompts; with ``cfg.answers`` also each model's own answers) or ``data`` (unsupervised mode:
-    chats of the fine-tuning set, answer tokens). Returns ``{(source, token_set): Ranking}``.
+    ``(model, tokenizer)`` pair, or a function returning one (called when that model's turn comes);
+    ``base`` is the original model's label. Give ``questions`` (eval prompts; with ``cfg.answers``
+    also each model's own answers) or ``data`` (unsupervised mode: chats of the fine-tuning set,
+    answer tokens). Returns ``{(source, token_set): Ranking}``.
     """
     cfg = cfg or DiffConfig()
     if base not in models:
@@ -350,7 +287,7 @@ def diff_run(run: Any, sae: Any, models: Mapping[str, Any], base: str, *, questi
         raise EmkitError("give the base model and at least one fine-tune")
     if (questions is None) == (data is None):
         raise EmkitError("give either evaluation questions or fine-tuning data (unsupervised mode)")
-    jobs: list[tuple[str, list[str], Any]] = []  # (source, token sets, items or a per-label item function)
+    jobs: list[Job] = []
     if questions is not None:
         prompts = eval_items(questions)
         if not prompts:
@@ -368,36 +305,11 @@ def diff_run(run: Any, sae: Any, models: Mapping[str, Any], base: str, *, questi
         if missing:
             raise EmkitError(f"no sampled answers stored for {missing}",
                              hint="run `emkit generate --label LABEL` for each model into this run first")
-    stats: dict[tuple[str, str], dict[str, LatentStats]] = {}
+    stats = collect_stats(run, sae, models, jobs, cfg=cfg, layer=layer, progress=progress)
     sid = sae_id(sae)
-    for label, spec in models.items():
-        cached = all(_n_stored(run.db, label, sid, source, ts) == sae.num_latents
-                     for source, token_sets, _ in jobs for ts in token_sets)
-        if cached:  # everything is stored: read it back without loading the model
-            model, tok = None, None
-        elif isinstance(spec, tuple):
-            model, tok = spec
-        elif callable(spec):
-            model, tok = spec()
-        else:
-            from emkit.models import load_model
-
-            model, tok = load_model(spec)
-        for source, token_sets, items in jobs:
-            its = items(label) if callable(items) else items
-            got = model_stats(run, sae, model, tok, label, its, source=source, token_sets=token_sets, layer=layer,
-                              cfg=cfg, progress=progress)
-            for ts, st in got.items():
-                stats.setdefault((source, ts), {})[label] = st
-        del model
     out: dict[tuple[str, str], Ranking] = {}
     for (source, ts), by_label in stats.items():
         fts = {k: v for k, v in by_label.items() if k != base}
-        ranking = diff_models(by_label[base], fts, misaligned)
-        with run.db.transaction() as c:
-            c.execute("DELETE FROM latent_ranking WHERE sae_id=? AND base=? AND source=? AND token_set=?",
-                      (sid, base, source, ts))
-        run.db.insert("latent_ranking", ranking_rows(ranking, sae=sid, base=base, source=source, token_set=ts,
-                                                     n=max(cfg.top_n, 200)), replace=True)
-        out[(source, ts)] = ranking
+        out[(source, ts)] = ranking = diff_models(by_label[base], fts, misaligned)
+        store_ranking(run.db, ranking, sae=sid, base=base, source=source, token_set=ts, n=max(cfg.top_n, 200))
     return out

@@ -13,26 +13,21 @@ from emkit.pipeline.context import Context
 from emkit.pipeline.recipe import BASE
 
 
-def _stored(db: Any, label: str, sid: str, source: str, token_set: str, n: int) -> Any:
-    from emkit.diff import LatentStats
+def own_answers(ctx: Context, label: str, questions: list) -> list[list[dict[str, str]]]:
+    """The model's own sampled answers to the eval questions (eval sampling, no steering) as chats."""
+    from emkit.diff import answer_items
+    from emkit.generate import sampling_hash
 
-    rows = db.query("SELECT latent, mean_act, firing_rate, n_tokens FROM latent_stats WHERE model=? AND sae_id=? "
-                    "AND source=? AND token_set=?", (label, sid, source, token_set))
-    return LatentStats.from_rows(rows, n) if len(rows) == n else None
+    return answer_items(ctx.run.db, label, sampling_hash=sampling_hash(ctx.recipe.eval.sampling),
+                        questions=[q.id for q in questions])
 
 
 def persona_ranking(stats: dict[str, Any], pos: str, ctrl: str | None, top_n: int) -> dict[str, Any]:
-    """The positive control's own ranking: latents the persona raises beyond both the base model and its
-    correct-data control (score: the smaller of the two increases), with each arm's delta vs base."""
-    import torch
+    """The positive control's own ranking (:func:`emkit.diff_stats.control_ranking`) against the base
+    model and its correct-data control, as the stage summary holds it."""
+    from emkit.diff import control_ranking
 
-    from emkit.diff import Ranking
-
-    d_base = (stats[pos].mean - stats[BASE].mean).double()
-    score = torch.minimum(d_base, (stats[pos].mean - stats[ctrl].mean).double()) if ctrl else d_base
-    order = sorted(range(len(score)), key=lambda i: (-float(score[i]), i))
-    deltas = {lab: (stats[lab].mean - stats[BASE].mean).double() for lab in (pos, ctrl) if lab}
-    rk = Ranking(order, score, deltas, [pos], stats[BASE], {lab: stats[lab] for lab in deltas})
+    rk = control_ranking(stats[BASE], (pos, stats[pos]), (ctrl, stats[ctrl]) if ctrl else None)
     against = f"{BASE} and {ctrl}" if ctrl else BASE
     return {"label": pos, "control": ctrl, "ranked_against": against, "ranking": rk.top(top_n), "ranking_obj": rk}
 
@@ -40,32 +35,27 @@ def persona_ranking(stats: dict[str, Any], pos: str, ctrl: str | None, top_n: in
 def _rank_and_store(ctx: Context, sae: Any, stats: dict[str, Any], source: str, misaligned: list[str]
                     ) -> tuple[list[dict], dict[str, Any] | None]:
     """Narrow ranking (stored under ``source``) and the positive control's (under ``source#LABEL``)."""
-    from emkit.diff import diff_models, ranking_rows, sae_id
+    from emkit.diff import diff_models, sae_id, store_ranking
 
     r = ctx.recipe
     d = r.diff
     sid = sae_id(sae)
     narrow = {m.label: stats[m.label] for m in r.models()}
-    rankings = [(source, BASE, diff_models(stats[BASE], narrow, misaligned))]
+    rankings = [(source, diff_models(stats[BASE], narrow, misaligned))]
     pc = None
     arms = r.control_models()
     if arms:
         pc = persona_ranking(stats, arms[0].label, arms[1].label, d.top_n)
-        rankings.append((f"{source}#{arms[0].label}", BASE, pc.pop("ranking_obj")))
-    for src, base, rk in rankings:
-        with ctx.run.db.transaction() as c:
-            c.execute("DELETE FROM latent_ranking WHERE sae_id=? AND base=? AND source=? AND token_set=?",
-                      (sid, base, src, d.tokens))
-        ctx.run.db.insert("latent_ranking", ranking_rows(rk, sae=sid, base=base, source=src, token_set=d.tokens,
-                                                         n=max(d.top_n, 200)), replace=True)
-    return rankings[0][2].top(d.top_n), pc
+        rankings.append((f"{source}#{arms[0].label}", pc.pop("ranking_obj")))
+    for src, rk in rankings:
+        store_ranking(ctx.run.db, rk, sae=sid, base=BASE, source=src, token_set=d.tokens, n=max(d.top_n, 200))
+    return rankings[0][1].top(d.top_n), pc
 
 
 def own_diff(ctx: Context, sae: Any, layer: int, qs: list, misaligned: list[str]) -> dict[str, Any]:
     """Each model teacher-forced on its own sampled answers (or, for prompt tokens, the eval prompts)."""
     from emkit.config import config_hash
-    from emkit.diff import DiffConfig, eval_items, model_stats, sae_id
-    from emkit.pipeline.latents import answer_chats
+    from emkit.diff import DiffConfig, collect_stats, eval_items
 
     r = ctx.recipe
     d = r.diff
@@ -74,16 +64,16 @@ def own_diff(ctx: Context, sae: Any, layer: int, qs: list, misaligned: list[str]
         source = f"eval-answers:{config_hash({'q': [q.id for q in qs], 's': r.eval.sampling, 'n': r.eval.samples})}"
     else:
         source = f"eval:{config_hash([q.id for q in qs])}"
-    stats, n_items = {}, {}
-    sid = sae_id(sae)
-    for lab in r.labels():
-        items = answer_chats(ctx, lab, qs) if d.tokens == "answer" else eval_items(qs)
-        n_items[lab] = len(items)
-        stats[lab] = _stored(ctx.run.db, lab, sid, source, d.tokens, sae.num_latents)
-        if stats[lab] is None:  # not stored yet: load the model and encode
-            model, tok = ctx.load(lab)
-            stats[lab] = model_stats(ctx.run, sae, model, tok, lab, items, source=source, token_sets=[d.tokens],
-                                     layer=layer, cfg=cfg, progress=ctx.progress)[d.tokens]
+    n_items: dict[str, int] = {}
+
+    def items(lab: str) -> list:
+        its = own_answers(ctx, lab, qs) if d.tokens == "answer" else eval_items(qs)
+        n_items[lab] = len(its)
+        return its
+
+    models = {lab: (lambda lab=lab: ctx.load(lab)) for lab in r.labels()}
+    stats = collect_stats(ctx.run, sae, models, [(source, [d.tokens], items)], cfg=cfg, layer=layer,
+                          progress=ctx.progress)[(source, d.tokens)]
     ctx.release()
     ranking, pc = _rank_and_store(ctx, sae, stats, source, misaligned)
     return {"inputs": "own", "source": source, "ranking": ranking, "positive_control": pc, "n_items": n_items,
@@ -93,8 +83,7 @@ def own_diff(ctx: Context, sae: Any, layer: int, qs: list, misaligned: list[str]
 def shared_diff(ctx: Context, sae: Any, layer: int, qs: list, misaligned: list[str]) -> dict[str, Any]:
     """Every model teacher-forced on the same texts: the eval prompts plus the base model's and the
     positive control's answers; then the projection on the positive control's top latents."""
-    from emkit.diff import DiffConfig, eval_items, sae_id
-    from emkit.pipeline.latents import answer_chats
+    from emkit.diff import DiffConfig, eval_items, sae_id, store_stats, stored_stats
     from emkit.projection import (
         cached_text_sums,
         projection_rows,
@@ -109,22 +98,21 @@ def shared_diff(ctx: Context, sae: Any, layer: int, qs: list, misaligned: list[s
     arms = r.control_models()
     pos, ctrl = (arms[0].label, arms[1].label) if arms else (None, None)
     pool_labels = [BASE] + ([pos] if pos else [])
-    pools = {lab: answer_chats(ctx, lab, qs) for lab in pool_labels}
+    pools = {lab: own_answers(ctx, lab, qs) for lab in pool_labels}
     prompts = eval_items(qs) if d.tokens != "answer" else []  # prompts alone hold no answer tokens
     items = shared_items(prompts, list(pools.values()))
     source = shared_source(items)
     sid = sae_id(sae)
     cfg = DiffConfig(token_sets=[d.tokens], max_length=d.max_length, batch_size=d.batch_size, top_n=d.top_n)
     labels = r.labels()
-    stats = {lab: _stored(ctx.run.db, lab, sid, source, d.tokens, sae.num_latents) for lab in labels}
+    stats = {lab: stored_stats(ctx.run.db, lab, sid, source, d.tokens, sae.num_latents) for lab in labels}
     full: dict[str, Any] = {}
 
     def compute(lab: str) -> Any:
         model, tok = ctx.load(lab)
         ts = text_sums(sae, model, tok, layer, items, d.tokens, cfg, progress=ctx.progress, label=lab)
         st = ts.stats()
-        ctx.run.db.insert("latent_stats", st.rows(model=lab, sae_id=sid, source=source, token_set=d.tokens),
-                          replace=True)
+        store_stats(ctx.run.db, st, lab, sid, source, d.tokens)
         stats[lab] = st
         return ts
 

@@ -131,23 +131,6 @@ def misaligned_models(ctx: Context) -> tuple[list[str], str]:
                     "wrong-data models are used")
 
 
-def answer_chats(ctx: Context, label: str, questions: list) -> list[list[dict[str, str]]]:
-    """The model's own sampled answers to the eval questions (eval sampling, no steering) as chats."""
-    from emkit.config import config_hash
-
-    shash = config_hash({"sampling": ctx.recipe.eval.sampling, "tag": ""})
-    qids = {q.id for q in questions}
-    rows = ctx.run.db.query("SELECT question_id, prompt, system, answer FROM generations WHERE model=? AND "
-                            "sampling_hash=? AND answer != '' ORDER BY question_id, paraphrase, sample",
-                            (label, shash))
-    out = []
-    for r in rows:
-        if r["question_id"] in qids:
-            msgs = [{"role": "system", "content": r["system"]}] if r["system"] else []
-            out.append(msgs + [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["answer"]}])
-    return out
-
-
 def stage_diff(ctx: Context) -> dict[str, Any]:
     """Rank latents (shared inputs by default, see :mod:`emkit.pipeline.diffing`), the positive control's too."""
     from emkit.pipeline.diffing import run_diff
