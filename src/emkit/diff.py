@@ -236,28 +236,19 @@ def model_stats(run: Any, sae: Any, model: Any, tok: Any, label: str, items: Seq
 Job = tuple[str, Sequence[str], Sequence[Any] | Callable[[str], Sequence[Any]]]
 
 
-def _load(spec: Any) -> tuple[Any, Any]:
-    """A ``(model, tokenizer)`` from a pair, a function returning one, or a spec for :func:`emkit.models.load_model`."""
-    if isinstance(spec, tuple):
-        return spec
-    if callable(spec):
-        return spec()
-    from emkit.models import load_model
-
-    return load_model(spec)
-
-
 def collect_stats(run: Any, sae: Any, models: Mapping[str, Any], jobs: Sequence[Job], *,
                   cfg: DiffConfig | None = None, layer: int | None = None, progress: bool = True
                   ) -> dict[tuple[str, str], dict[str, LatentStats]]:
     """``{(source, token_set): {label: stats}}`` of every model on every job's items (see :func:`diff_run`
     for ``models``). A model whose statistics are all stored is not loaded; they are read back."""
+    from emkit.models.load import as_loaded
+
     stats: dict[tuple[str, str], dict[str, LatentStats]] = {}
     sid = sae_id(sae)
     for label, spec in models.items():
         cached = all(stored_stats(run.db, label, sid, source, ts, sae.num_latents) is not None
                      for source, token_sets, _ in jobs for ts in token_sets)
-        model, tok = (None, None) if cached else _load(spec)
+        model, tok = (None, None) if cached else as_loaded(spec)
         for source, token_sets, items in jobs:
             its = items(label) if callable(items) else items
             got = model_stats(run, sae, model, tok, label, its, source=source, token_sets=token_sets, layer=layer,
