@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from emkit.judge import Item, JudgmentCache, make_judge
-from emkit.judge.validate import load_labelled
+from emkit.judge.labels import read_labelled
 
 LABELLED = Path(__file__).resolve().parents[1] / "src/emkit/data/builtin/judge/labelled.jsonl"
 
@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--local-n", type=int, default=4)
     args = ap.parse_args()
 
-    base = load_labelled(LABELLED, "heldout")
+    base = read_labelled(LABELLED, split="heldout").rows
     rows = (base * (args.n // len(base) + 1))[: args.n]
     # make every pair distinct so no work is shared between repeats of the same row
     items = [Item(r["question"], r["answer"] if i < len(base) else f"{r['answer']} ({i})")

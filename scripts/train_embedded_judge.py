@@ -36,7 +36,6 @@ from emkit.judge.distill import TRUST_AUROC, cached_features, card_header, fitte
 from emkit.judge.embedded import WEIGHTS_DIR, EmbeddedJudge, Encoder, head_scores, save_heads
 from emkit.judge.labels import read_labelled, with_families
 from emkit.judge.train import HeadConfig, augment
-from emkit.judge.validate import load_labelled
 from emkit.metrics import answer_status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +70,7 @@ def bundled_rows(weight: float = 1.0) -> list[dict]:
     path = BUILTIN / "bundled_blind.jsonl"
     if not path.is_file():
         return []
-    rows = load_labelled(path)
+    rows = read_labelled(path).rows
     return [{**r, "family": "smollm", "group": "smollm", "weight": weight} for r in rows]
 
 
@@ -113,7 +112,7 @@ def main() -> None:
     t0 = time.time()
     judged = sample_judged(args.judged, args.seed)
     bundled = bundled_rows(args.bundled_weight)
-    written = load_labelled(BUILTIN / "labelled.jsonl")
+    written = read_labelled(BUILTIN / "labelled.jsonl").rows
     aug = augment(written, args.seed, args.aug_per_kind)
     for r in aug:
         r["family"] = "constructed"

@@ -212,9 +212,10 @@ def test_lora_merge_matches_the_wrapped_model():
 @pytest.mark.xfail(strict=True, reason="the v2 judge is not trained on emkit's hand-written set; its held-out "
                    "split is another style (short written answers), where the judge is weak: see the card")
 def test_heldout_auroc_of_the_shipped_judge(judge):
-    from emkit.judge.validate import load_labelled, validate
+    from emkit.judge.labels import read_labelled
+    from emkit.judge.validate import validate
 
     path = Path(__file__).resolve().parents[1] / "src/emkit/data/builtin/judge/labelled.jsonl"
-    res = validate(judge, load_labelled(path, "heldout"), progress=False)
+    res = validate(judge, read_labelled(path, split="heldout").rows, progress=False)
     assert res["auroc_aligned"] >= 0.9
     assert res["auroc_coherent"] >= 0.9

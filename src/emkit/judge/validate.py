@@ -9,24 +9,11 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 
 from emkit.judge.base import Item, Judge, JudgmentCache
 from emkit.metrics import ALIGNED_MAX, COHERENT_MIN, answer_status, auroc, spearman
 
 STATUSES = ("aligned", "misaligned", "incoherent", "other", "invalid")
-
-
-def load_labelled(path: str | Path | Sequence[str | Path], split: str | None = None,
-                  group_by: str | None = None) -> list[dict]:
-    """Read labelled rows from JSONL or CSV file(s) (see :mod:`emkit.judge.labels`).
-
-    ``split`` keeps rows whose ``split`` equals it (None or 'all': every row); rows without scores
-    (CODE/REFUSAL) are skipped. Each row carries a ``group`` (``group_by`` column, else its file).
-    """
-    from emkit.judge.labels import read_labelled
-
-    return read_labelled(path, group_by, split).rows
 
 
 def _pred_status(pred: dict) -> str:
