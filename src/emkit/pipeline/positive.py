@@ -12,6 +12,7 @@ from typing import Any
 from emkit.eval_setup import EvalSetup
 from emkit.pipeline.context import Context
 from emkit.pipeline.recipe import BASE
+from emkit.steer.tables import row_rate
 
 
 def evaluate_positive_control(ctx: Context, base: dict[str, Any]) -> dict[str, Any] | None:
@@ -33,9 +34,7 @@ def evaluate_positive_control(ctx: Context, base: dict[str, Any]) -> dict[str, A
 
 
 def _rates(row: dict | None) -> dict[str, Any]:
-    from emkit.pipeline.steering import steer_rate
-
-    return {"misaligned": steer_rate(row), "coherent": steer_rate(row, "coherent")}
+    return {"misaligned": row_rate(row), "coherent": row_rate(row, "coherent")}
 
 
 def steer_positive_control(ctx: Context, setup: EvalSetup, sae: Any, layer: int, scale: float

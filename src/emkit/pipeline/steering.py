@@ -11,18 +11,9 @@ from emkit.errors import EmkitError
 from emkit.pipeline.behaviour import most_misaligned
 from emkit.pipeline.context import Context
 from emkit.pipeline.latents import load_run_sae
+from emkit.pipeline.positive import steer_positive_control
 from emkit.pipeline.recipe import BASE
-
-
-def steer_rate(row: dict | None, key: str = "misaligned") -> dict[str, Any]:
-    """A ``steering`` table row's rate as ``{k, n, value, lo, hi}``."""
-    if not row:
-        return {"k": 0, "n": 0, "value": None, "lo": None, "hi": None}
-    if key == "misaligned":
-        n, v = row.get("n_mis") or 0, row.get("misaligned")
-        return {"k": int(round((v or 0) * n)), "n": n, "value": v, "lo": row.get("mis_lo"), "hi": row.get("mis_hi")}
-    n, v = row.get("n") or 0, row.get("coherent")
-    return {"k": int(round((v or 0) * n)), "n": n, "value": v, "lo": row.get("coh_lo"), "hi": row.get("coh_hi")}
+from emkit.steer.tables import row_rate
 
 
 def top_ranked(ctx: Context, n: int) -> list[int]:
@@ -45,8 +36,8 @@ def _screened(ctx: Context, setup: Any, arms: tuple[Any, Any], cands: list, late
         return condition(setup, arm, layer, d, alpha, positions=st.positions, scale=scale, purpose=purpose)
 
     u0, t0 = cond(base_arm, cands[0], 0.0, "screen"), cond(tgt_arm, cands[0], 0.0, "screen")
-    baseline = {"plus": steer_rate(u0), "plus_coherent": steer_rate(u0, "coherent"),
-                "minus": steer_rate(t0), "minus_coherent": steer_rate(t0, "coherent")}
+    baseline = {"plus": row_rate(u0), "plus_coherent": row_rate(u0, "coherent"),
+                "minus": row_rate(t0), "minus_coherent": row_rate(t0, "coherent")}
     records, control = [], {}
     for row in rows:
         if row["control"]:
@@ -57,8 +48,8 @@ def _screened(ctx: Context, setup: Any, arms: tuple[Any, Any], cands: list, late
             d = cands[latents.index(row["latent"])]
         purpose = "control" if row["control"] else "screen"
         p, m = cond(base_arm, d, st.screen_alpha, purpose), cond(tgt_arm, d, -st.screen_alpha, purpose)
-        rec = {"latent": row["latent"], "plus": steer_rate(p), "plus_coherent": steer_rate(p, "coherent"),
-               "minus": steer_rate(m), "minus_coherent": steer_rate(m, "coherent"), "effect": row["score"],
+        rec = {"latent": row["latent"], "plus": row_rate(p), "plus_coherent": row_rate(p, "coherent"),
+               "minus": row_rate(m), "minus_coherent": row_rate(m, "coherent"), "effect": row["score"],
                "rank": row["rank"]}
         if row["control"]:
             control = rec
@@ -77,8 +68,8 @@ def _swept(ctx: Context, setup: Any, arms: tuple[Any, Any], d: Any, layer: int, 
     kw = dict(positions=st.positions, scale=scale, max_incoherence=st.max_incoherence)
     plus = dose_response(setup, arms[0], layer, d, mags, **kw)
     minus = dose_response(setup, arms[1], layer, d, [-a for a in mags], **kw)
-    pts = [{"alpha": abs(row["alpha"]), "sign": sign, "model": arm.label, "misaligned": steer_rate(row),
-            "coherent": steer_rate(row, "coherent")}
+    pts = [{"alpha": abs(row["alpha"]), "sign": sign, "model": arm.label, "misaligned": row_rate(row),
+            "coherent": row_rate(row, "coherent")}
            for sign, arm, res in (("+", arms[0], plus), ("-", arms[1], minus)) for row in res["rows"]]
     neg = minus["usable"].get("negative")
     return pts, {"+": plus["usable"].get("positive"), "-": None if neg is None else abs(neg)}
@@ -87,7 +78,6 @@ def _swept(ctx: Context, setup: Any, arms: tuple[Any, Any], d: Any, layer: int, 
 def stage_steer(ctx: Context) -> dict[str, Any]:
     from emkit.directions import from_sae
     from emkit.pipeline.behaviour import eval_setup
-    from emkit.pipeline.positive import steer_positive_control
     from emkit.steer import Arm, resolve_scale
 
     r = ctx.recipe

@@ -87,6 +87,17 @@ def steer_tag(direction: Direction, layer: int, alpha: float, positions: Positio
     return f"steer:{direction.digest()}:L{layer}:a{alpha:g}:{positions}:s{scale:.6g}"
 
 
+def row_rate(row: dict | None, key: str = "misaligned") -> dict[str, Any]:
+    """A ``steering`` table row's rate as ``{k, n, value, lo, hi}``."""
+    if not row:
+        return {"k": 0, "n": 0, "value": None, "lo": None, "hi": None}
+    if key == "misaligned":
+        n, v = row.get("n_mis") or 0, row.get("misaligned")
+        return {"k": int(round((v or 0) * n)), "n": n, "value": v, "lo": row.get("mis_lo"), "hi": row.get("mis_hi")}
+    n, v = row.get("n") or 0, row.get("coherent")
+    return {"k": int(round((v or 0) * n)), "n": n, "value": v, "lo": row.get("coh_lo"), "hi": row.get("coh_hi")}
+
+
 def condition_sampling_hash(sampling: Any) -> str:
     """The ``steering.sampling_hash`` of a condition: the sampling config alone.
 
