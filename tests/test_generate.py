@@ -100,3 +100,25 @@ def test_sentence_end_cuts_a_truncated_answer_to_its_last_full_sentence():
     assert config_hash(cfg) != config_hash(SamplingConfig())
     with pytest.raises(EmkitError):
         SamplingConfig(end="word")
+
+
+def test_sampling_hash_is_the_stored_key_and_stored_answers_filters(tmp_path):
+    """Every reader and writer of ``generations`` keys answers with ``sampling_hash``: pinned, so a
+    change that would make existing runs read zero rows fails here."""
+    from emkit.config import config_hash
+    from emkit.generate import SamplingConfig, sampling_hash
+    from emkit.results import ResultsDB, stored_answers
+
+    cfg = SamplingConfig()
+    assert sampling_hash(cfg) == config_hash({"sampling": cfg, "tag": ""}) == "273978de035c"
+    assert sampling_hash(cfg, "steer") != sampling_hash(cfg)
+    db = ResultsDB(tmp_path / "r.sqlite")
+    db.insert("generations", [dict(model=m, question_id=q, paraphrase=0, sample=s, sampling_hash=h, prompt="p",
+                                   system=None, answer="" if s == 1 else f"{m}{q}{s}", n_tokens=1, truncated=0)
+                              for m in ("b", "a") for q in ("q2", "q1") for s in (1, 0) for h in ("h", "g")])
+    rows = stored_answers(db, "a", sampling_hash="h")
+    assert [(r["question_id"], r["sample"]) for r in rows] == [("q1", 0), ("q1", 1), ("q2", 0), ("q2", 1)]
+    assert len(stored_answers(db)) == 16 and {r["model"] for r in stored_answers(db, "b")} == {"b"}
+    kept = stored_answers(db, "a", sampling_hash="h", questions=["q2"], nonempty=True)
+    assert [r["answer"] for r in kept] == ["aq20"]
+    assert len(stored_answers(db, "a", limit=3)) == 3
