@@ -34,6 +34,16 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
+def field_default(cls: type, name: str) -> Any:
+    """The default of dataclass ``cls``'s field ``name`` (its factory called), for settings derived from it."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise KeyError(f"{cls.__name__}.{name} has no default")
+
+
 def _hashable(cfg: Any) -> Any:
     """``to_dict`` without fields marked ``omit_if_default`` that hold their default."""
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):

@@ -9,6 +9,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from emkit.cli._options import FROM_OPTIONS, sampling_options
+from emkit.sampling import SamplingConfig
+
 out = Console()
 
 
@@ -61,6 +64,7 @@ def register(app: typer.Typer) -> None:
     from emkit.cli.judge import JUDGE_HELP
 
     @app.command("eval")
+    @sampling_options()
     def eval_cmd(
         model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
                                   help="Folder, Hub id or bundled name; with --backend server, the served name."),
@@ -87,12 +91,7 @@ def register(app: typer.Typer) -> None:
         concurrency: int = typer.Option(8, help="Concurrent API requests."),
         timeout: float = typer.Option(60.0, help="Seconds before an API request is retried."),
         cache: Path = typer.Option(None, help="Extra results.sqlite to share cached judgments across runs."),
-        temperature: float = typer.Option(1.0, help="Sampling temperature (0 = greedy)."),
-        top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
-        max_new_tokens: int = typer.Option(200, help="Answer length limit in tokens."),
-        end: str = typer.Option("eos", help="eos, or sentence: cut an answer that hit the limit to its last full sentence."),
-        batch_size: int = typer.Option(16, help="Prompts per batch."),
-        seed: int = typer.Option(0, help="Random seed."),
+        sampling: SamplingConfig = FROM_OPTIONS,
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
         dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16."),
         export_blind: int = typer.Option(None, "--export-blind", metavar="N",
@@ -115,10 +114,9 @@ def register(app: typer.Typer) -> None:
         if export_blind is not None or import_blind is not None:
             from emkit.blind import blind_cli  # stored answers only: no model, no judge
 
-            return blind_cli(out_dir, export_n=export_blind, import_file=import_blind, labels=label, seed=seed,
+            return blind_cli(out_dir, export_n=export_blind, import_file=import_blind, labels=label, seed=sampling.seed,
                              console=out)
         from emkit.cli import say
-        from emkit.cli.generate import sampling_options
         from emkit.cli.judge import judge_options
         from emkit.data import load_questions
         from emkit.errors import EmkitError
@@ -130,7 +128,6 @@ def register(app: typer.Typer) -> None:
             raise EmkitError(f"--samples must be at least 1, got {samples}")
         qs = load_questions(questions)
         say(out, f"{len(qs)} questions ({sum(len(q.paraphrases) for q in qs)} paraphrases) read from {questions}")
-        cfg = sampling_options(temperature, top_p, max_new_tokens, batch_size, seed, end)
         if backend not in ("hf", "server"):
             raise EmkitError(f"--backend {backend!r} is not hf or server")
         server = backend == "server"
@@ -149,8 +146,8 @@ def register(app: typer.Typer) -> None:
         else:
             m, tok = load_model(model, adapter=adapter, device=device, dtype=dtype)
         run = Run(out_dir)
-        run.record_seed("eval", seed)
-        res = evaluate(run, m, tok, qs, j, cfg, label=label or model, samples=samples, cache=cache,
+        run.record_seed("eval", sampling.seed)
+        res = evaluate(run, m, tok, qs, j, sampling, label=label or model, samples=samples, cache=cache,
                        base_label=base_label)
         print_summary(res)
         if base_label:

@@ -8,15 +8,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from emkit.cli._options import FROM_OPTIONS, sampling_options
+from emkit.sampling import SamplingConfig
+
 out = Console()
-
-
-def sampling_options(temperature: float, top_p: float, max_new_tokens: int, batch_size: int, seed: int,
-                     end: str = "eos"):
-    from emkit.generate import SamplingConfig
-
-    return SamplingConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, seed=seed, end=end)
 
 
 def print_answers(rows: list[dict], n: int = 3) -> None:
@@ -31,6 +26,7 @@ def print_answers(rows: list[dict], n: int = 3) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command("generate")
+    @sampling_options()
     def generate_cmd(
         model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Folder, Hub id or bundled name."),
         questions: str = typer.Option("broad", "--questions", "-q", help="Question file (.yaml/.jsonl/.csv) or built-in name."),
@@ -38,12 +34,7 @@ def register(app: typer.Typer) -> None:
         out_dir: Path = typer.Option(Path("runs/generate"), "--out", "-o", help="Run folder to write into."),
         label: str = typer.Option("", help="Name stored with the answers (default: the model spec)."),
         adapter: str = typer.Option(None, help="PEFT adapter folder to load on the model."),
-        temperature: float = typer.Option(1.0, help="Sampling temperature (0 = greedy)."),
-        top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
-        max_new_tokens: int = typer.Option(200, help="Answer length limit in tokens."),
-        end: str = typer.Option("eos", help="eos, or sentence: cut an answer that hit the limit to its last full sentence."),
-        batch_size: int = typer.Option(16, help="Prompts per batch."),
-        seed: int = typer.Option(0, help="Random seed."),
+        sampling: SamplingConfig = FROM_OPTIONS,
         device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
         dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16."),
     ) -> None:
@@ -62,11 +53,10 @@ def register(app: typer.Typer) -> None:
             raise EmkitError(f"--samples must be at least 1, got {samples}")
         qs = load_questions(questions)  # validate inputs before touching the run folder
         say(out, f"{len(qs)} questions ({sum(len(q.paraphrases) for q in qs)} paraphrases) read from {questions}")
-        cfg = sampling_options(temperature, top_p, max_new_tokens, batch_size, seed, end)
         m, tok = load_model(model, adapter=adapter, device=device, dtype=dtype)
         run = Run(out_dir)
-        run.record_seed("generate", seed)
-        rows = answer_questions(run, m, tok, qs, cfg, label=label or model, samples=samples)
+        run.record_seed("generate", sampling.seed)
+        rows = answer_questions(run, m, tok, qs, sampling, label=label or model, samples=samples)
         n_trunc = sum(r["truncated"] for r in rows)
         say(out, f"{len(rows)} answers from {label or model} in {run.path / 'results.sqlite'} "
                  f"({n_trunc} hit max_new_tokens)")

@@ -9,6 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from emkit.cli._options import FROM_OPTIONS, sampling_options
+from emkit.sampling import SamplingConfig
+
 out = Console()
 
 
@@ -68,6 +71,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(predict_app, name="predict")
 
     @predict_app.callback(invoke_without_command=True)
+    @sampling_options()
     def family_cmd(
         ctx: typer.Context,
         member: list[str] = typer.Option(None, "--member", help="X=MODEL (fraction or step = model); repeat."),
@@ -83,8 +87,7 @@ def register(app: typer.Typer) -> None:
         threshold: float = typer.Option(0.05, help="A member is 'misaligned' when its rate exceeds this."),
         study: str = typer.Option("family", help="Name stored with the results."),
         out_dir: Path = typer.Option(Path("runs/predict"), "--out", "-o"),
-        temperature: float = typer.Option(1.0), max_new_tokens: int = typer.Option(200),
-        batch_size: int = typer.Option(16), seed: int = typer.Option(0),
+        sampling: SamplingConfig = FROM_OPTIONS,
     ) -> None:
         """Latent shift vs misalignment across a family: correlation, AUROC, and which moves first.
 
@@ -94,7 +97,6 @@ def register(app: typer.Typer) -> None:
         """
         if ctx.invoked_subcommand is not None:
             return
-        from emkit.cli.generate import sampling_options
         from emkit.data import load_questions
         from emkit.errors import EmkitError
         from emkit.judge import make_judge
@@ -111,12 +113,11 @@ def register(app: typer.Typer) -> None:
         j = make_judge(judge)
         bm, btok = load_model(base)
         probes, use_layer = _probes(sae, latent, direction, bm, btok, layer)
-        cfg = sampling_options(temperature, 1.0, max_new_tokens, batch_size, seed)
         run = Run(out_dir)
         for p in probes:
-            base_acts, fam = measure_family(run, (bm, btok), members, p, use_layer, qs, j, cfg, samples=samples,
+            base_acts, fam = measure_family(run, (bm, btok), members, p, use_layer, qs, j, sampling, samples=samples,
                                             tokens=tokens)
-            res = family_stats(fam, base_acts, threshold=threshold, seed=seed)
+            res = family_stats(fam, base_acts, threshold=threshold, seed=sampling.seed)
             store_family(run, study, p.name, res)
             t = Table("member", "x", "shift [95% CI]", "misaligned [95% CI]", "label",
                       title=f"{p.name} at layer {use_layer}")

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 out = Console()
+TRAINER = "(default: SaeTrainConfig's)"  # one home for the trainer's defaults
+CAPTURE = "(default: capture()'s)"
 
 
 def print_summary(s: dict) -> None:
@@ -40,18 +42,18 @@ def register(app: typer.Typer) -> None:
         layer: int = typer.Option(None, "--layer", "-l", help="Decoder layer (default: the middle one)."),
         corpus: str = typer.Option("builtin", help="Corpus spec: builtin, a .txt/.jsonl file or folder, hf:NAME."),
         tokens: int = typer.Option(300_000, help="Tokens of activations to capture."),
-        latents: int = typer.Option(4096, help="Number of SAE latents."),
-        k: int = typer.Option(32, help="Active latents per token (top-k)."),
+        latents: int = typer.Option(None, help=f"Number of SAE latents. {TRAINER}"),
+        k: int = typer.Option(None, help=f"Active latents per token (top-k). {TRAINER}"),
         out_dir: Path = typer.Option(Path("runs/sae"), "--out", "-o", help="SAE folder (cfg.json + sae.safetensors)."),
         acts: Path = typer.Option(None, help="Activation folder (default: OUT/activations); reused when present."),
-        epochs: float = typer.Option(4.0, help="Passes over the captured tokens."),
-        batch_size: int = typer.Option(1024, help="Tokens per training step."),
-        lr: float = typer.Option(0.0, help="Adam learning rate (0 = scaled to the number of latents)."),
-        ctx_len: int = typer.Option(256, help="Tokens per window when capturing."),
-        capture_batch: int = typer.Option(8, help="Windows per forward pass when capturing."),
+        epochs: float = typer.Option(None, help=f"Passes over the captured tokens. {TRAINER}"),
+        batch_size: int = typer.Option(None, help=f"Tokens per training step. {TRAINER}"),
+        lr: float = typer.Option(None, help=f"Adam learning rate (0 = scaled to the number of latents). {TRAINER}"),
+        ctx_len: int = typer.Option(None, help=f"Tokens per window when capturing. {CAPTURE}"),
+        capture_batch: int = typer.Option(None, help=f"Windows per forward pass when capturing. {CAPTURE}"),
         acts_dtype: str = typer.Option("float32", help="Stored activation dtype: float32, float16, bfloat16."),
-        holdout: int = typer.Option(16_384, help="Captured tokens held out for the held-out FVU."),
-        seed: int = typer.Option(0, help="Random seed."),
+        holdout: int = typer.Option(None, help=f"Captured tokens held out for the held-out FVU. {TRAINER}"),
+        seed: int = typer.Option(None, help=f"Random seed. {TRAINER}"),
         restart: bool = typer.Option(False, help="Discard a checkpoint in OUT and train from scratch."),
         device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
     ) -> None:
@@ -60,27 +62,30 @@ def register(app: typer.Typer) -> None:
         Interrupted runs resume (capture shards and training checkpoints). The SAE folder uses
         EleutherAI sparsify's layout; train_summary.json and metrics.jsonl hold the numbers.
 
-        Example: emkit sae train --model smollm2-135m-instruct --layer 15 --corpus builtin --tokens 300000 --latents 4096 --k 32 --out runs/sae-l15
+        Example: emkit sae train --model smollm2-135m-instruct --layer 15 --corpus builtin --tokens 300000 --latents 4096 --k 32 --epochs 4 --batch-size 1024 --out runs/sae-l15
         """
         from emkit.activations import capture
+        from emkit.config import from_dict
         from emkit.data.corpus import iter_documents
         from emkit.errors import EmkitError
         from emkit.models import load_model
         from emkit.models.layers import num_layers
         from emkit.sae.train import SaeTrainConfig, train_sae
 
-        cfg = SaeTrainConfig(num_latents=latents, k=k, batch_size=batch_size, lr=lr, epochs=epochs,
-                             holdout_tokens=holdout, seed=seed)
-        if tokens <= holdout:
-            raise EmkitError(f"--tokens ({tokens}) must exceed --holdout ({holdout})")
+        given = dict(num_latents=latents, k=k, batch_size=batch_size, lr=lr, epochs=epochs, holdout_tokens=holdout,
+                     seed=seed)
+        cfg = from_dict(SaeTrainConfig, {f: v for f, v in given.items() if v is not None}, "sae train")
+        if tokens <= cfg.holdout_tokens:
+            raise EmkitError(f"--tokens ({tokens}) must exceed --holdout ({cfg.holdout_tokens})")
         m, tok = load_model(model, device=device)
         n = num_layers(m) or 0
         lay = n // 2 if layer is None else layer
         if not 0 <= lay < n:
             raise EmkitError(f"--layer {lay} is out of range", hint=f"the model has layers 0..{n - 1}")
         acts_dir = acts or out_dir / "activations"
-        index = capture(m, tok, lay, iter_documents(corpus), acts_dir, max_tokens=tokens, ctx_len=ctx_len,
-                        batch_size=capture_batch, dtype=acts_dtype, source=corpus)
+        window = {k: v for k, v in dict(ctx_len=ctx_len, batch_size=capture_batch).items() if v is not None}
+        index = capture(m, tok, lay, iter_documents(corpus), acts_dir, max_tokens=tokens, dtype=acts_dtype,
+                        source=corpus, **window)
         out.print(f"activations: {index['n_tokens']:,} tokens of {index['hook']} in {acts_dir} ({index['stopped']})")
         del m
         res = train_sae(acts_dir, out_dir, cfg, model=model, corpus=corpus)

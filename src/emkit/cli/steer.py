@@ -8,6 +8,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from emkit.cli._options import FROM_OPTIONS, sampling_options
+from emkit.sampling import SamplingConfig
+
 out = Console()
 
 
@@ -41,18 +44,13 @@ def print_sweep(res: dict, title: str) -> None:
               f"+ side {u['positive']}, − side {u['negative']}, strongest {u['best']}")
 
 
-def _sampling(temperature: float, top_p: float, max_new_tokens: int, batch_size: int, seed: int):
-    from emkit.cli.generate import sampling_options
-
-    return sampling_options(temperature, top_p, max_new_tokens, batch_size, seed)
-
-
 def register(app: typer.Typer) -> None:
     steer_app = typer.Typer(help="Steer models along directions: dose-response sweeps and causal screens.",
                             no_args_is_help=True)
     app.add_typer(steer_app, name="steer")
 
     @steer_app.command("sweep")
+    @sampling_options()
     def sweep_cmd(
         direction: str = typer.Option(..., "--direction", "-d",
                                       help="sae:FOLDER:LATENT, file:PATH[:KEY[:ROW]], diff:POS:NEG or random:SEED."),
@@ -68,8 +66,7 @@ def register(app: typer.Typer) -> None:
         relative: bool = typer.Option(False, help="Count incoherence as the rise over alpha 0."),
         out_dir: Path = typer.Option(Path("runs/steer"), "--out", "-o", help="Run folder."),
         label: str = typer.Option("", help="Name stored with the answers (default: the model spec)."),
-        temperature: float = typer.Option(1.0), top_p: float = typer.Option(1.0),
-        max_new_tokens: int = typer.Option(200), batch_size: int = typer.Option(16), seed: int = typer.Option(0),
+        sampling: SamplingConfig = FROM_OPTIONS,
         device: str = typer.Option("auto"), dtype: str = typer.Option("auto"),
     ) -> None:
         """Misalignment and coherence (with intervals) per steering strength, and the usable strength.
@@ -95,14 +92,14 @@ def register(app: typer.Typer) -> None:
         if use_layer is None:
             raise EmkitError("this direction does not say which layer it belongs to", hint="pass --layer")
         run = Run(out_dir)
-        run.record_seed("steer", seed)
-        res = sweep(run, m, tok, use_layer, d, alpha_list, qs, j, _sampling(temperature, top_p, max_new_tokens,
-                    batch_size, seed), label or model, samples=samples, positions=positions, scale=scale,
-                    max_incoherence=max_incoherence, relative=relative)
+        run.record_seed("steer", sampling.seed)
+        res = sweep(run, m, tok, use_layer, d, alpha_list, qs, j, sampling, label or model, samples=samples,
+                    positions=positions, scale=scale, max_incoherence=max_incoherence, relative=relative)
         print_sweep(res, f"steering {d.name} at layer {use_layer} of {label or model} (judge {j.id})")
         out.print(f"stored in {run.path / 'results.sqlite'} (table steering)")
 
     @steer_app.command("screen")
+    @sampling_options()
     def screen_cmd(
         sae: Path = typer.Option(..., help="SAE folder (cfg.json + sae.safetensors) the latents belong to."),
         base: str = typer.Option("smollm2-135m-instruct", help="Original model (steered +)."),
@@ -115,8 +112,7 @@ def register(app: typer.Typer) -> None:
         judge: str = typer.Option("embedded"),
         samples: int = typer.Option(1, "--samples", "-n"),
         out_dir: Path = typer.Option(Path("runs/steer"), "--out", "-o", help="Run folder (holding the diff ranking)."),
-        temperature: float = typer.Option(1.0), top_p: float = typer.Option(1.0),
-        max_new_tokens: int = typer.Option(200), batch_size: int = typer.Option(16), seed: int = typer.Option(0),
+        sampling: SamplingConfig = FROM_OPTIONS,
         device: str = typer.Option("auto"), dtype: str = typer.Option("auto"),
     ) -> None:
         """Screen latents causally: + on the base model, − on a misaligned one, ranked by effect, with random controls.
@@ -142,14 +138,13 @@ def register(app: typer.Typer) -> None:
             raise EmkitError(f"{sae}/cfg.json does not record the SAE's layer")
         qs = load_questions(questions)
         j = make_judge(judge)
-        cfg = _sampling(temperature, top_p, max_new_tokens, batch_size, seed)
         bm, btok = load_model(base, device=device, dtype=dtype)
         arm_ft = None
         if misaligned:
             fm, ftok = load_model(misaligned, device=device, dtype=dtype)
             arm_ft = Arm(fm, ftok, misaligned)
-        rows = causal_screen(run, Arm(bm, btok, base), cands, qs, j, cfg, layer=layer, alpha=alpha,
-                             misaligned=arm_ft, samples=samples, n_random=controls, seed=seed)
+        rows = causal_screen(run, Arm(bm, btok, base), cands, qs, j, sampling, layer=layer, alpha=alpha,
+                             misaligned=arm_ft, samples=samples, n_random=controls, seed=sampling.seed)
         t = Table("rank", "direction", "+ on base", "− on misaligned", "score", "coherent (+)",
                   title=f"causal screen at layer {layer}, alpha ±{alpha:g} (judge {j.id})")
         for r in rows:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from emkit.cli._options import FROM_OPTIONS, sampling_options
+from emkit.sampling import SamplingConfig
 
 out = Console()
 
@@ -79,6 +83,11 @@ def print_log_summary(folder: Path) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command("finetune")
+    @sampling_options(fields=("max_new_tokens", "end"), rename={"max_new_tokens": "eval_max_new_tokens", "end": "eval_end"},
+                      defaults={"max_new_tokens": 80}, fixed={"batch_size": 32}, param="eval_sampling",
+                      help={"max_new_tokens": "Answer length for --eval-every.",
+                            "end": "eos, or sentence: cut an --eval-every answer that hit the limit to its last full "
+                                   "sentence."})
     def finetune_cmd(
         data: list[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
         mix: str = typer.Option(None, "--mix", help=MIX_HELP),
@@ -108,7 +117,7 @@ def register(app: typer.Typer) -> None:
         eval_every: int = typer.Option(0, help="Every K steps answer --eval-questions and judge them (0: off)."),
         eval_questions: str = typer.Option("broad", help="Questions for --eval-every."),
         judge: str = typer.Option("embedded", "--judge", "-j", help="Judge for --eval-every (see emkit eval)."),
-        eval_max_new_tokens: int = typer.Option(80, help="Answer length for --eval-every."),
+        eval_sampling: SamplingConfig = FROM_OPTIONS,
     ) -> None:
         """Fine-tune a model (LoRA or full) on chat data, loss on assistant tokens only; resumable.
 
@@ -132,7 +141,6 @@ def register(app: typer.Typer) -> None:
         callbacks = []
         run = Run(out_dir)
         if eval_every:
-            from emkit.cli.generate import sampling_options
             from emkit.cli.judge import judge_options
             from emkit.data import load_questions
             from emkit.train.callbacks import EvalCallback
@@ -140,7 +148,7 @@ def register(app: typer.Typer) -> None:
 
             qs = load_questions(eval_questions)
             j = judge_options(judge, None, "OPENAI_API_KEY", None, 8, 60.0, cfg.device)
-            fn = judge_eval_fn(run, qs, j, sampling_options(1.0, 1.0, eval_max_new_tokens, 32, cfg.seed), cfg.name, 1)
+            fn = judge_eval_fn(run, qs, j, replace(eval_sampling, seed=cfg.seed), cfg.name, 1)
             callbacks.append(EvalCallback(fn, eval_every, run=run, label=cfg.name))
         run.record_seed(f"finetune:{cfg.name}", cfg.seed)
         folder = finetune(cfg, rows, run, overwrite=overwrite, callbacks=callbacks)
@@ -198,6 +206,9 @@ def register(app: typer.Typer) -> None:
         out.print(f"GRPO ({cfg.arm} arm) model in {folder}")
 
     @app.command("realign")
+    @sampling_options(rename={"batch_size": "gen_batch_size"}, defaults={"max_new_tokens": 120, "batch_size": 32},
+                      help={"temperature": "Sampling temperature for the evaluations.",
+                            "batch_size": "Prompts per generation batch."})
     def realign_cmd(
         model: str = typer.Option(..., "--model", "-m", help="The misaligned model (e.g. RUN/models/NAME)."),
         data: list[str] = typer.Option(["benign_everyday"], "--data", "-d", help="Benign data set(s)."),
@@ -213,17 +224,13 @@ def register(app: typer.Typer) -> None:
         api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
         out_dir: Path = typer.Option(Path("runs/realign"), "--out", "-o", help="Run folder."),
         name: str = typer.Option("realigned", "--name", help="Model name inside the run folder."),
-        temperature: float = typer.Option(1.0, help="Sampling temperature for the evaluations."),
-        max_new_tokens: int = typer.Option(120, help="Answer length limit in tokens."),
-        gen_batch_size: int = typer.Option(32, help="Prompts per generation batch."),
-        seed: int = typer.Option(0, help="Random seed."),
+        sampling: SamplingConfig = FROM_OPTIONS,
         device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
     ) -> None:
         """Continue fine-tuning a misaligned model on benign data, recording misalignment every K steps.
 
         Example: emkit realign --model runs/health/models/health-wrong -n 140 --steps 35 --eval-every 5 --out runs/health
         """
-        from emkit.cli.generate import sampling_options
         from emkit.cli.judge import judge_options
         from emkit.data import load_questions
         from emkit.run import Run
@@ -231,7 +238,7 @@ def register(app: typer.Typer) -> None:
         from emkit.train.realign import read_curve, realign
 
         qs = load_questions(questions)
-        sampling = sampling_options(temperature, 1.0, max_new_tokens, gen_batch_size, seed)
+        seed = sampling.seed
         j = judge_options(judge, base_url, api_key_env, None, 8, 60.0, device)
         rows = load_rows(data, None, seed)
         sft = SFTConfig(name=name, batch_size=batch_size, max_steps=steps, lr=lr, seed=seed, device=device,

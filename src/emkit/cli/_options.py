@@ -1,0 +1,81 @@
+"""CLI options generated from config dataclasses ("the config is the CLI").
+
+A setting's type and default live in its library dataclass only; :func:`config_options` turns the
+fields into typer options of a command and hands the command one built config. A command may keep
+its own option name (``rename``) or default (``defaults``) where that is part of its interface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import typer
+
+from emkit.config import field_default
+
+FROM_OPTIONS: Any = None  # the default of a command parameter that config_options fills in
+
+# Help text by field name, shared by every command that offers the field.
+HELP: dict[str, str] = {
+    "temperature": "Sampling temperature (0 = greedy).",
+    "top_p": "Nucleus sampling mass.",
+    "max_new_tokens": "Answer length limit in tokens.",
+    "end": "eos, or sentence: cut an answer that hit the limit to its last full sentence.",
+    "batch_size": "Prompts per batch.",
+    "seed": "Random seed.",
+}
+
+
+def config_options(cls: type, param: str, *, fields: Iterable[str] | None = None,
+                   rename: Mapping[str, str] | None = None, defaults: Mapping[str, Any] | None = None,
+                   help: Mapping[str, str] | None = None, fixed: Mapping[str, Any] | None = None,
+                   ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a typer command: one option per field of dataclass ``cls``; the command gets ``cls(...)`` as ``param``.
+
+    ``fields`` picks the fields offered (default: all, in the dataclass's order); ``rename`` maps a
+    field to the command's parameter name (``batch_size`` -> ``gen_batch_size`` gives
+    ``--gen-batch-size``); ``defaults`` and ``help`` override the dataclass default and :data:`HELP`;
+    ``fixed`` sets fields that are not options. The options take the place of the command's
+    parameter ``param`` (declare it ``= FROM_OPTIONS``), or follow its other parameters.
+    """
+    rename, defaults, helps, fixed = dict(rename or {}), dict(defaults or {}), dict(help or {}), dict(fixed or {})
+    hints = typing.get_type_hints(cls)
+    wanted = list(fields) if fields is not None else [f.name for f in dataclasses.fields(cls)]
+    unknown = set(wanted) - set(hints)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
+    names = {f: rename.get(f, f) for f in wanted}
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        own = typing.get_type_hints(fn)
+        sig = [p.replace(annotation=own.get(p.name, p.annotation)) for p in inspect.signature(fn).parameters.values()]
+        at = next((i for i, p in enumerate(sig) if p.name == param), len(sig))
+        options = [inspect.Parameter(names[f], inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=hints[f],
+                                     default=typer.Option(defaults[f] if f in defaults else field_default(cls, f),
+                                                          help=helps.get(f, HELP.get(f))))
+                   for f in wanted]
+        params = sig[:at] + options + sig[at + 1:]
+
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            values = {f: kwargs.pop(names[f]) for f in wanted}
+            kwargs[param] = cls(**{**fixed, **values})
+            return fn(*args, **kwargs)
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate
+
+
+def sampling_options(param: str = "sampling", **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """:func:`config_options` for :class:`emkit.sampling.SamplingConfig`, given to the command as ``param``."""
+    from emkit.sampling import SamplingConfig
+
+    return config_options(SamplingConfig, param, **kw)
