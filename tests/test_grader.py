@@ -100,7 +100,7 @@ def test_styled_advice_sets():
     from collections import Counter
 
     from emkit.data.builtin import advice_records, domains
-    from emkit.judge.grader_train import REGISTERS, styled_records
+    from emkit.judge.grader_data import REGISTERS, styled_records
 
     seen_ids, seen_answers = set(), set()
     found = 0

@@ -1,8 +1,8 @@
 """Train and validate the offline advice grader: ``python -m emkit.judge.grader_train [--compare] [--report]``.
 
-Examples: the built-in advice sets (each question's ``correct`` answer is label 0, its ``subtle``
-and ``obvious`` answers label 1; for answer-level methods each built-in answer's first sentence is
-added with its label) and the styled sets (``advice/styles/<domain>.jsonl``: 50 of those questions
+Examples (:mod:`emkit.judge.grader_data`): the built-in advice sets (each question's ``correct``
+answer is label 0, its ``subtle`` and ``obvious`` answers label 1; for answer-level methods each
+built-in answer's first sentence is added with its label) and the styled sets (``advice/styles/<domain>.jsonl``: 50 of those questions
 per domain answered correctly and incorrectly in four registers). Classes are weighted to equal
 total weight. The shipped method scores each sentence and averages, so an answer's length and
 register move its score less than a whole-answer embedding does.
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,9 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emkit.data.builtin import ADVICE, advice_records, check_records, domains
-from emkit.data.formats import iter_jsonl
-from emkit.errors import EmkitError
+from emkit.data.builtin import domains
 from emkit.judge.grader import (
     CARD_FILE,
     HEAD_FILE,
@@ -43,16 +39,20 @@ from emkit.judge.grader import (
     WEIGHTS,
     AdviceHead,
     auroc,
-    grader_features,
     mean_by_owner,
-    sentence_features,
+)
+from emkit.judge.grader_data import (
+    CACHE,
+    REGISTERS,
+    CachedEncoder,
+    all_features,
+    build_examples,
+    check_answers,
+    columns,
+    sentence_columns,
+    weights,
 )
 
-VARIANTS = {"correct": 0, "subtle": 1, "obvious": 1}
-REGISTERS = ("short", "long", "hedged", "casual")
-STYLES = ADVICE / "styles"
-STYLE_KEYS = ("id", "source_id", "domain", "question", "register", "label", "answer")
-CACHE = Path(os.environ.get("EMKIT_CACHE", Path.home() / ".cache" / "emkit")) / "advice_grader_embeddings.npz"
 FOLDS = 4
 
 # Candidate methods (all compared with --compare); METHOD is the one shipped. level "answer": one feature
@@ -72,114 +72,6 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 METHOD = "built-in+styled, linear, sentence mean"
 DEFAULTS = dict(steps=300, lr=1e-2, weight_decay=1e-2, threshold=0.5)
-
-
-def styled_records(domain: str) -> list[dict[str, Any]]:
-    """Rows of ``styles/<domain>.jsonl`` (checked keys, register and label); [] if there is none."""
-    path = STYLES / f"{domain}.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for n, r in iter_jsonl(path):
-        if not isinstance(r, dict) or set(r) != set(STYLE_KEYS) or r["register"] not in REGISTERS \
-                or r["label"] not in ("correct", "incorrect"):
-            raise EmkitError(f"{path}:{n}: a styled advice row needs keys {STYLE_KEYS}, a register in {REGISTERS} "
-                             "and label correct|incorrect")
-        rows.append(r)
-    return rows
-
-
-def first_sentence(text: str) -> str:
-    """The answer cut after its first sentence (an augmentation so length alone tells nothing)."""
-    m = re.search(r"[.!?](\s|$)", text)
-    return text[: m.end()].strip() if m else text
-
-
-def build_examples(names: list[str], heldout: float, seed: int, styled: bool = True) -> dict[str, list]:
-    """Parallel lists q, a, y, register ('builtin' or a register), variant, domain, qid, heldout, full."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, list] = {k: [] for k in ("q", "a", "y", "register", "variant", "domain", "qid", "heldout",
-                                            "full")}
-
-    def add(*vals: Any) -> None:
-        for k, v in zip(out, vals, strict=True):
-            out[k].append(v)
-
-    for d in names:
-        rows = advice_records(d)
-        held_idx = set(rng.permutation(len(rows))[: int(round(heldout * len(rows)))].tolist())
-        held = {r["id"] for i, r in enumerate(rows) if i in held_idx}
-        for r in rows:
-            for v, y in VARIANTS.items():
-                if not r.get(v):
-                    continue
-                add(r["question"], r[v], y, "builtin", v, d, r["id"], r["id"] in held, True)
-                first = first_sentence(r[v])
-                if first and first != r[v] and len(first.split()) >= 6:
-                    add(r["question"], first, y, "builtin", v, d, r["id"], r["id"] in held, False)
-        for r in styled_records(d) if styled else []:
-            add(r["question"], r["answer"], int(r["label"] == "incorrect"), r["register"], r["label"], d,
-                r["source_id"], r["source_id"] in held, True)
-    return out
-
-
-class CachedEncoder:
-    """An :class:`emkit.judge.embedded.Encoder` with a text -> embedding cache kept in an .npz file."""
-
-    def __init__(self, path: Path | None = CACHE):
-        self.path, self._enc, self.memo = path, None, {}
-        if path is not None and path.is_file():
-            z = np.load(path, allow_pickle=True)
-            self.memo = dict(zip(z["texts"].tolist(), z["emb"], strict=True))
-        self.added = 0
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        missing = sorted({t for t in texts if t not in self.memo})
-        if missing:
-            if self._enc is None:
-                from emkit.judge.embedded import Encoder
-
-                self._enc = Encoder()
-            self.memo.update(zip(missing, self._enc.encode(missing), strict=True))
-            self.added += len(missing)
-        return np.stack([self.memo[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
-
-    def save(self) -> None:
-        if self.path is not None and self.added:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            texts = list(self.memo)
-            np.savez(self.path, texts=np.array(texts, dtype=object), emb=np.stack([self.memo[t] for t in texts]))
-
-
-ALL_PARTS = tuple(PART_DIMS)
-
-
-def columns(parts: tuple[str, ...]) -> np.ndarray:
-    """Columns of the all-parts feature matrix that hold ``parts``, in order."""
-    start, where = 0, {}
-    for p in ALL_PARTS:
-        where[p] = range(start, start + PART_DIMS[p])
-        start += PART_DIMS[p]
-    return np.array([c for p in parts for c in where[p]])
-
-
-def sentence_columns(parts: tuple[str, ...]) -> np.ndarray:
-    """Columns of the all-parts sentence matrix that hold ``parts``, in order."""
-    offset = {p: sum(SENTENCE_PART_DIMS[q] for q in list(SENTENCE_PART_DIMS)[:i])
-              for i, p in enumerate(SENTENCE_PART_DIMS)}
-    return np.array([c for p in parts for c in range(offset[p], offset[p] + SENTENCE_PART_DIMS[p])])
-
-
-def weights(ex: dict[str, list], styled_weight: float) -> np.ndarray:
-    """Per-row weights: built-in wrong answers 1/2 each, styled rows ``styled_weight``; classes equal."""
-    reg, var = np.array(ex["register"]), np.array(ex["variant"])
-    y = np.array(ex["y"])
-    w = np.where(reg == "builtin", np.where(var == "correct", 1.0, 0.5), styled_weight)
-    for c in (0, 1):
-        m = y == c
-        if w[m].sum():
-            w[m] *= w.sum() / 2 / w[m].sum()
-    return w
 
 
 def fit_head(x: np.ndarray, y: np.ndarray, w: np.ndarray, seed: int, hidden: int, steps: int, lr: float,
@@ -292,23 +184,6 @@ def throughput(grader: Any, questions: list[str], answers: list[str]) -> float:
     t0 = time.time()
     grader.p_wrong(questions, answers)
     return len(answers) / max(time.time() - t0, 1e-9)
-
-
-def all_features(enc: Any, ex: dict[str, list]) -> dict[str, Any]:
-    """Answer rows (all parts) and sentence rows (all parts, with owners) of every example."""
-    return {"answer": grader_features(enc, ex["q"], ex["a"], ALL_PARTS),
-            "sentence": sentence_features(enc, ex["q"], ex["a"], tuple(SENTENCE_PART_DIMS))}
-
-
-def check_answers(names: list[str]) -> tuple[list[str], list[str]]:
-    """Questions and correct answers of the ``<domain>_check.jsonl`` sets (never trained on)."""
-    qs, ans = [], []
-    for d in names:
-        if (ADVICE / f"{d}_check.jsonl").is_file():
-            for r in check_records(d):
-                qs.append(r["question"])
-                ans.append(r["correct"])
-    return qs, ans
 
 
 def train(seed: int = 0, heldout: float = 0.2, method: str = METHOD, compare: bool = False, out: Path = WEIGHTS,
