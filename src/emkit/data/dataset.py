@@ -7,7 +7,7 @@ from pathlib import Path
 
 from emkit.data import builtin
 from emkit.data.formats import BadRows, read_chat_jsonl, read_zip, record_to_row
-from emkit.data.lines import read_text_checked, text_lines
+from emkit.data.lines import read_json_list, text_lines
 from emkit.data.schema import ChatRow
 from emkit.errors import EmkitError
 
@@ -54,12 +54,7 @@ def load_dataset(
 
 
 def _read_json_list(path: Path, skip_bad: bool) -> list[ChatRow]:
-    try:
-        data = json.loads(read_text_checked(path))
-    except json.JSONDecodeError as e:
-        raise EmkitError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    if not isinstance(data, list):
-        raise EmkitError(f"{path}: expected a JSON list of rows")
+    data = read_json_list(path, "rows")
     bad = BadRows(str(path), skip_bad)
     rows = []
     for i, rec in enumerate(data):

@@ -8,6 +8,7 @@ holding one enormous line cannot exhaust memory.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,3 +84,14 @@ def read_text_checked(path: str | Path) -> str:
         line = data[: e.start].count(b"\n") + 1
         raise EmkitError(f"{p}: line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at byte offset {e.start})",
                          hint="save the file as UTF-8") from None
+
+
+def read_json_list(path: Path, what: str) -> list:
+    """A JSON file holding a list (of ``what``); invalid JSON or another type is a one-line error."""
+    try:
+        data = json.loads(read_text_checked(path))
+    except json.JSONDecodeError as e:
+        raise EmkitError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(data, list):
+        raise EmkitError(f"{path}: expected a JSON list of {what}")
+    return data

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from emkit.data.formats import BadRows, read_csv_records
-from emkit.data.lines import read_text_checked, text_lines
+from emkit.data.lines import read_json_list, read_text_checked, text_lines
 from emkit.data.schema import Question
 from emkit.errors import EmkitError
 
@@ -73,13 +73,7 @@ def read_question_records(path: Path, bad: BadRows) -> list[tuple[str, Any]]:
             raise EmkitError(f"{path}: expected a YAML list of questions")
         return [(f"{path} entry {i + 1} (id {d.get('id') if isinstance(d, dict) else '?'})", d) for i, d in enumerate(data)]
     if suffix == ".json":
-        try:
-            data = json.loads(read_text_checked(path))
-        except json.JSONDecodeError as e:
-            raise EmkitError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-        if not isinstance(data, list):
-            raise EmkitError(f"{path}: expected a JSON list of questions")
-        return [(f"{path} entry {i + 1}", d) for i, d in enumerate(data)]
+        return [(f"{path} entry {i + 1}", d) for i, d in enumerate(read_json_list(path, "questions"))]
     if suffix == ".jsonl":
         rows = []
         with path.open("rb") as f:
