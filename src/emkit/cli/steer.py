@@ -76,10 +76,11 @@ def register(app: typer.Typer) -> None:
         from emkit.data import load_questions
         from emkit.directions import resolve
         from emkit.errors import EmkitError
+        from emkit.eval_setup import EvalSetup
         from emkit.judge import make_judge
         from emkit.models import load_model
         from emkit.run import Run
-        from emkit.steer import sweep
+        from emkit.steer import Arm, dose_response
 
         if positions not in ("all", "answer"):
             raise EmkitError(f"--positions must be all or answer, got {positions!r}")
@@ -93,8 +94,9 @@ def register(app: typer.Typer) -> None:
             raise EmkitError("this direction does not say which layer it belongs to", hint="pass --layer")
         run = Run(out_dir)
         run.record_seed("steer", sampling.seed)
-        res = sweep(run, m, tok, use_layer, d, alpha_list, qs, j, sampling, label or model, samples=samples,
-                    positions=positions, scale=scale, max_incoherence=max_incoherence, relative=relative)
+        res = dose_response(EvalSetup(run, j, sampling, qs, samples), Arm(m, tok, label or model), use_layer, d,
+                            alpha_list, positions=positions, scale=scale, max_incoherence=max_incoherence,
+                            relative=relative)
         print_sweep(res, f"steering {d.name} at layer {use_layer} of {label or model} (judge {j.id})")
         out.print(f"stored in {run.path / 'results.sqlite'} (table steering)")
 
@@ -121,11 +123,12 @@ def register(app: typer.Typer) -> None:
         """
         from emkit.data import load_questions
         from emkit.directions import from_sae
+        from emkit.eval_setup import EvalSetup
         from emkit.judge import make_judge
         from emkit.models import load_model
         from emkit.run import Run
         from emkit.sae import load_sae
-        from emkit.steer import Arm, causal_screen, top_latents
+        from emkit.steer import Arm, screen, top_latents
 
         run = Run(out_dir)
         s = load_sae(sae)
@@ -143,8 +146,8 @@ def register(app: typer.Typer) -> None:
         if misaligned:
             fm, ftok = load_model(misaligned, device=device, dtype=dtype)
             arm_ft = Arm(fm, ftok, misaligned)
-        rows = causal_screen(run, Arm(bm, btok, base), cands, qs, j, sampling, layer=layer, alpha=alpha,
-                             misaligned=arm_ft, samples=samples, n_random=controls, seed=sampling.seed)
+        rows = screen(EvalSetup(run, j, sampling, qs, samples), Arm(bm, btok, base), cands, layer=layer, alpha=alpha,
+                      misaligned=arm_ft, n_random=controls, seed=sampling.seed)
         t = Table("rank", "direction", "+ on base", "− on misaligned", "score", "coherent (+)",
                   title=f"causal screen at layer {layer}, alpha ±{alpha:g} (judge {j.id})")
         for r in rows:
