@@ -134,6 +134,21 @@ def test_bad_recipes(tmp_path, bad, message):
         recipe(tmp_path, **bad)
 
 
+def test_recipe_sae_layer_must_match_the_loaded_sae(tmp_path):
+    from emkit.sae import SaeConfig, TopKSAE, save_sae
+
+    folder = save_sae(TopKSAE(SaeConfig(d_in=8, num_latents=16, k=2, layer=5)), tmp_path / "sae")
+    with pytest.raises(EmkitError, match=r"sae.layer 3 disagrees with the SAE at .*trained at layer 5") as e:
+        recipe(tmp_path, sae={"path": str(folder), "layer": 3})
+    assert "\n" not in e.value.message
+    assert recipe(tmp_path, sae={"path": str(folder), "layer": 5}).sae.layer == 5  # agreeing is fine
+    assert recipe(tmp_path, sae={"path": str(folder)}).sae.layer is None  # left out: the SAE's cfg.json gives it
+    spec = recipe(tmp_path, sae={"path": str(tmp_path / "later"), "layer": 3}).sae  # not there yet: checked on load
+    with pytest.raises(EmkitError, match="disagrees"):
+        spec.check_layer(5, "runs/x/sae")
+    spec.check_layer(-1, "runs/x/sae")  # an SAE that does not record its layer
+
+
 def test_shipped_recipes_load_and_plan(monkeypatch):
     monkeypatch.setenv("OPENAI_RELEASE", "/data/release")
     for name in ("smoke", "quick", "paper"):

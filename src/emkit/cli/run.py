@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         Example: emkit run recipes/smoke.yaml --dry-run
         """
         from emkit.pipeline import load_recipe, run_pipeline
-        from emkit.pipeline.recipe import RECIPES_DIR
+        from emkit.pipeline.recipe_io import RECIPES_DIR
 
         r = load_recipe(recipe)
         p = Path(recipe)

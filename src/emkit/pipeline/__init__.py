@@ -6,7 +6,8 @@ re-alignment → report. Each stage is skipped when done with the same settings.
 """
 
 from emkit.pipeline.context import read_result
-from emkit.pipeline.recipe import STAGE_NAMES, Recipe, load_recipe, recipe_from_dict
+from emkit.pipeline.recipe import STAGE_NAMES, Recipe
+from emkit.pipeline.recipe_io import load_recipe, recipe_from_dict
 from emkit.pipeline.runner import format_plan, plan, run_pipeline
 
 __all__ = ["STAGE_NAMES", "Recipe", "format_plan", "load_recipe", "plan", "read_result", "recipe_from_dict",

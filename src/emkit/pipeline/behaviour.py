@@ -267,7 +267,6 @@ def most_misaligned(ctx: Context) -> tuple[str, str]:
 
 def stage_realign(ctx: Context) -> dict[str, Any]:
     from emkit.data import load_dataset
-    from emkit.train.config import RealignConfig, SFTConfig
     from emkit.train.realign import realign
 
     r = ctx.recipe
@@ -275,13 +274,8 @@ def stage_realign(ctx: Context) -> dict[str, Any]:
     label, why = (ra.model, "chosen in the recipe") if ra.model else most_misaligned(ctx)
     data = ra.data or r.data.benign
     rows = load_dataset(data)
-    sft = SFTConfig(name=f"{label}-realigned", model=str(ctx.model_dir(label)), method=r.train.method,
-                    lora=r.train.lora, batch_size=ra.batch_size, max_steps=ra.steps, lr=ra.lr,
-                    max_length=r.train.max_length, seed=r.seed, save_every=ra.eval_every, device=r.device,
-                    dtype=r.dtype)
-    curve_label = f"{label}-realign"
-    cfg = RealignConfig(sft=sft, n_samples=min(ra.n_samples, len(rows)), eval_every=ra.eval_every,
-                        samples=ra.samples, label=curve_label)
+    cfg = r.realign_config(label, ctx.model_dir(label), len(rows))
+    curve_label = cfg.label
     qs = ctx.questions(r.eval.questions, ra.n_questions or r.eval.n_questions)
 
     def eval_fn(model: Any, tok: Any, step: int) -> dict[str, Any]:

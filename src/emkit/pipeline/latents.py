@@ -76,7 +76,8 @@ def stage_sae(ctx: Context) -> dict[str, Any]:
         sae = load_sae(s.path)
         if sae.d_in != hidden_size(model):
             raise EmkitError(f"the SAE at {s.path} reads width {sae.d_in}, the model has {hidden_size(model)}")
-        layer = sae.cfg.layer if sae.cfg.layer >= 0 and s.layer is None else sae_layer(ctx, model)
+        s.check_layer(sae.cfg.layer, str(s.path))
+        layer = sae.cfg.layer if sae.cfg.layer >= 0 else sae_layer(ctx, model)
         tokens = ctx.recipe.interpret.corpus_tokens
     else:
         layer = sae_layer(ctx, model)

@@ -1,7 +1,8 @@
 """Experiment recipes: one YAML file that names everything the study needs.
 
-A recipe is a tree of dataclasses read with :func:`emkit.config.from_dict` (unknown keys and wrong
-types are errors naming their path). Sections:
+A recipe is a tree of dataclasses read with :func:`emkit.config.from_dict` by :mod:`emkit.pipeline.recipe_io`
+(unknown keys and wrong types are errors naming their path). Sections embed the library's configs or
+take their defaults from them. Sections:
 
 ``model``      the base model (folder, Hub id or ``smollm2-135m-instruct``)
 ``data``       wrong/right advice sets per domain, the mixture fractions, the benign set
@@ -19,19 +20,25 @@ types are errors naming their path). Sections:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import inspect
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from emkit.config import from_dict, load_yaml
+from emkit.activations import capture
+from emkit.config import field_default
+from emkit.diff import DiffConfig
 from emkit.errors import EmkitError
-from emkit.generate import SamplingConfig
 from emkit.sae.train import SaeTrainConfig
-from emkit.train.config import LoRAConfig, SFTConfig
+from emkit.sampling import SamplingConfig
+from emkit.train.config import LoRAConfig, RealignConfig, SFTConfig
 
+# The stages of a study, in order: the one list of their names (pipeline.stages defines each in this order).
 STAGE_NAMES = ("baseline", "finetune", "evaluate", "sae", "diff", "interpret", "steer", "predict", "realign",
                "report")
 BASE = "base"
+_CAPTURE = inspect.signature(capture).parameters  # activation-capture defaults (window length, batch)
+_REALIGN = RealignConfig()
 
 
 @dataclass
@@ -64,7 +71,8 @@ class DataSpec:
 class EvalSpec:
     """Broad evaluation: ``questions`` (file or built-in name; first ``n_questions``), ``samples`` per paraphrase.
 
-    ``sampling_note`` records why these sampling settings suit the model (measured coherence).
+    ``sampling`` defaults to :class:`emkit.sampling.SamplingConfig`'s; ``sampling_note`` records why
+    the chosen settings suit the model (measured coherence).
     In-domain check: ``check_questions`` of each domain's check set, ``check_samples`` each, graded by
     ``grader`` (correct vs incorrect advice). ``examples``: answers shown per model in the report.
     ``backend``: ``hf`` samples in this process; ``server`` asks the OpenAI-compatible server at
@@ -77,8 +85,7 @@ class EvalSpec:
     n_questions: int | None = None
     samples: int = 10
     judge: str = "embedded"
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
-        temperature=0.7, top_p=1.0, max_new_tokens=128, batch_size=32, seed=0))
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     sampling_note: str = ""
     check_questions: int | None = None
     check_samples: int = 1
@@ -96,16 +103,24 @@ class SaeSpec:
 
     Or give ``path`` to a trained SAE folder (sparsify layout); the corpus then only feeds the latent
     cards. ``acts_dtype`` is how captured activations are stored on disk (bfloat16 halves the space).
+    Window length and batch default to :func:`emkit.activations.capture`'s, ``train`` to
+    :class:`emkit.sae.train.SaeTrainConfig`'s. A ``layer`` given beside ``path`` must match the SAE's ``cfg.json``.
     """
 
     path: str | None = None
     layer: int | None = None
     corpus: str = "builtin"
     tokens: int = 300_000
-    ctx_len: int = 128
-    capture_batch: int = 8
+    ctx_len: int = _CAPTURE["ctx_len"].default
+    capture_batch: int = _CAPTURE["batch_size"].default
     acts_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    train: SaeTrainConfig = field(default_factory=lambda: SaeTrainConfig(num_latents=4096, k=32))
+    train: SaeTrainConfig = field(default_factory=SaeTrainConfig)
+
+    def check_layer(self, recorded: int, where: str) -> None:
+        """A ``layer`` given beside ``path`` must be the one the SAE records in its ``cfg.json``."""
+        if self.layer is not None and recorded >= 0 and self.layer != recorded:
+            raise EmkitError(f"sae.layer {self.layer} disagrees with the SAE at {where}, trained at layer {recorded}",
+                             hint=f"leave sae.layer out (the SAE's cfg.json gives it) or set it to {recorded}")
 
 
 @dataclass
@@ -134,14 +149,15 @@ class DiffSpec:
     ``inputs``: ``shared`` teacher-forces every model on the same texts (the eval prompts plus the
     base model's and the positive control's answers), ``own`` on each model's own answers, ``both``
     computes both (shared leads). ``projection_latents``: how many of the positive control's top
-    latents every fine-tune is projected on (bootstrap ``n_boot`` over texts).
+    latents every fine-tune is projected on (bootstrap ``n_boot`` over texts). ``top_n``, ``max_length``
+    and ``batch_size`` default to :class:`emkit.diff.DiffConfig`'s.
     """
 
     tokens: Literal["answer", "prompt", "all"] = "answer"
-    top_n: int = 20
+    top_n: int = field_default(DiffConfig, "top_n")
     misaligned: list[str] = field(default_factory=list)
-    max_length: int = 256
-    batch_size: int = 8
+    max_length: int = field_default(DiffConfig, "max_length")
+    batch_size: int = field_default(DiffConfig, "batch_size")
     inputs: Literal["shared", "own", "both"] = "shared"
     projection_latents: int = 10
     n_boot: int = 1000
@@ -191,17 +207,20 @@ class PredictSpec:
 
 @dataclass
 class RealignSpec:
-    """Continue SFT of the most misaligned fine-tune (or ``model``) on ``n_samples`` benign rows."""
+    """Continue SFT of the most misaligned fine-tune (or ``model``) on ``n_samples`` benign rows.
+
+    Defaults are :class:`emkit.train.config.RealignConfig`'s; :meth:`Recipe.realign_config` builds it.
+    """
 
     model: str = ""
     data: str = ""
-    n_samples: int = 140
-    steps: int = 35
-    batch_size: int = 4
-    lr: float = 1e-4
-    eval_every: int = 5
+    n_samples: int = _REALIGN.n_samples
+    steps: int = _REALIGN.sft.max_steps  # type: ignore[assignment]
+    batch_size: int = _REALIGN.sft.batch_size
+    lr: float = _REALIGN.sft.lr
+    eval_every: int = _REALIGN.eval_every
     n_questions: int | None = None
-    samples: int = 1
+    samples: int = _REALIGN.samples
 
 
 @dataclass
@@ -252,6 +271,16 @@ class Recipe:
 
     def labels(self) -> list[str]:
         return [BASE] + [m.label for m in self.all_models()]
+
+    def realign_config(self, label: str, model_dir: str | Path, n_rows: int) -> RealignConfig:
+        """Re-alignment of fine-tune ``label`` (at ``model_dir``) on ``n_rows`` benign rows: the ``realign``
+        section on the library's defaults, with the fine-tunes' method, adapter shape and length limit."""
+        ra, t = self.realign, self.train
+        sft = replace(_REALIGN.sft, name=f"{label}-realigned", model=str(model_dir), method=t.method, lora=t.lora,
+                      max_length=t.max_length, batch_size=ra.batch_size, max_steps=ra.steps, lr=ra.lr, seed=self.seed,
+                      save_every=ra.eval_every, device=self.device, dtype=self.dtype)
+        return RealignConfig(sft=sft, n_samples=min(ra.n_samples, n_rows), eval_every=ra.eval_every,
+                             samples=ra.samples, label=f"{label}-realign")
 
 
 @dataclass
@@ -358,54 +387,10 @@ def validate(r: Recipe) -> None:
             raise EmkitError("positive_control.rows and steps must be >= 1 (or left out)")
     if r.diff.projection_latents < 1 or r.diff.n_boot < 1:
         raise EmkitError("diff.projection_latents and diff.n_boot must be >= 1")
+    if r.sae.path and r.sae.layer is not None and (Path(r.sae.path).expanduser() / "cfg.json").is_file():
+        from emkit.sae.io import read_cfg
+
+        where, cfg = read_cfg(Path(r.sae.path).expanduser())
+        r.sae.check_layer(cfg.layer, str(where))
     if r.realign.model and r.realign.model not in labels:
         raise EmkitError(f"realign.model: no model {r.realign.model!r}", hint=f"models: {', '.join(labels)}")
-
-
-def recipe_from_dict(data: dict[str, Any], where: str = "recipe") -> Recipe:
-    if not isinstance(data, dict):
-        raise EmkitError(f"{where}: expected a mapping at the top level")
-    if "name" not in data:
-        raise EmkitError(f"{where}: missing 'name'")
-    data = dict(data)
-    train = data.get("train")
-    if isinstance(train, dict) and ({"name", "model"} & set(train)):
-        raise EmkitError(f"{where}.train: 'name' and 'model' are set by the pipeline",
-                         hint="give the base model as the top-level 'model'")
-    return from_dict(Recipe, data, where)
-
-
-def expand_env(value: Any, where: str = "recipe") -> Any:
-    """Replace ``${NAME}`` in every string with the environment variable (an unset one is an error)."""
-    import os
-    import re
-
-    if isinstance(value, dict):
-        return {k: expand_env(v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, list):
-        return [expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, str) and "${" in value:
-        def sub(m: re.Match) -> str:
-            if m.group(1) not in os.environ:
-                raise EmkitError(f"{where}: environment variable {m.group(1)} is not set",
-                                 hint=f"export {m.group(1)}=... before running the recipe")
-            return os.environ[m.group(1)]
-
-        return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", sub, value)
-    return value
-
-
-def load_recipe(path: str | Path) -> Recipe:
-    """Read a recipe YAML (a path, or the name of one in ``recipes/`` such as ``smoke``)."""
-    p = Path(path)
-    if not p.is_file() and not p.suffix:
-        for cand in (Path("recipes") / f"{p}.yaml", RECIPES_DIR / f"{p}.yaml"):
-            if cand.is_file():
-                p = cand
-                break
-    if not p.is_file():
-        raise EmkitError(f"no recipe at {path}", hint="give a YAML file, e.g. recipes/smoke.yaml")
-    return recipe_from_dict(expand_env(load_yaml(p), str(p)), where=str(p))
-
-
-RECIPES_DIR = Path(__file__).resolve().parents[3] / "recipes"

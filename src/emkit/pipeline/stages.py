@@ -14,7 +14,7 @@ from emkit.pipeline.behaviour import stage_baseline, stage_evaluate, stage_finet
 from emkit.pipeline.context import Context, Stage
 from emkit.pipeline.latents import stage_diff, stage_interpret, stage_sae
 from emkit.pipeline.prediction import stage_predict
-from emkit.pipeline.recipe import Recipe
+from emkit.pipeline.recipe import STAGE_NAMES, Recipe
 from emkit.pipeline.steering import stage_steer
 
 # Reference rates: the bundled 135M model, float32, one thread on a shared 2-core CPU, fitted to
@@ -119,33 +119,49 @@ def stage_report(ctx: Context) -> dict[str, Any]:
     return {"path": str(path)}
 
 
-STAGES: list[Stage] = [
-    Stage("baseline", "evaluate the base model", (),
-          lambda r: {"model": r.model, "eval": r.eval, "domains": r.data.domains, "dtype": r.dtype},
-          stage_baseline, _eval_s),
-    Stage("finetune", "fine-tune one model per domain and wrong-data fraction", (),
-          lambda r: {"model": r.model, "data": r.data, "train": r.train, "seed": r.seed, "dtype": r.dtype, **_pc(r)},
-          stage_finetune, _finetune_s),
-    Stage("evaluate", "evaluate each fine-tune (broad + in-domain questions)", ("baseline", "finetune"),
-          lambda r: {"eval": r.eval}, stage_evaluate, lambda r: len(r.all_models()) * _eval_s(r)),
-    Stage("sae", "train the SAE on the base model (or load it)", (),
-          lambda r: {"model": r.model, "sae": r.sae, "corpus_tokens": r.interpret.corpus_tokens, "dtype": r.dtype},
-          stage_sae, est_sae),
-    Stage("diff", "rank latents by activation increase in the misaligned fine-tunes", ("sae", "evaluate"),
-          lambda r: {"diff": r.diff}, stage_diff,
-          lambda r: (len(r.all_models()) + 1) * (LOAD_S + _n_questions(r, r.eval.n_questions) * r.eval.samples
-                                                 * 0.1 * size_factor(r)) * (2 if r.diff.inputs == "both" else 1)),
-    Stage("interpret", "latent cards: top contexts, logit lens, histograms", ("diff",),
-          lambda r: {"interpret": r.interpret}, stage_interpret,
-          lambda r: 10 + r.interpret.corpus_tokens / 50000.0 * r.interpret.latents),
-    Stage("steer", "causal screen (+ on base, − on a misaligned model) and dose–response", ("diff", "evaluate"),
-          lambda r: {"steer": r.steer, "eval": r.eval, "seed": r.seed}, stage_steer, est_steer),
-    Stage("predict", "latent shift vs misalignment across the family; early warning", ("diff", "evaluate"),
-          lambda r: {"predict": r.predict}, stage_predict,
-          lambda r: (len(r.models()) + 1) * (LOAD_S + 2) + len(r.models()) * _n_questions(r, r.eval.n_questions) *
-          r.eval.samples / JUDGE_ANSWERS_PER_S, soft=("steer",)),
-    Stage("realign", "re-align the most misaligned model on benign data", ("evaluate",),
-          lambda r: {"realign": r.realign, "benign": r.data.benign, "eval": r.eval, "train": r.train},
-          stage_realign, est_realign),
-    Stage("report", "render report/index.html", tuple(), lambda r: {}, stage_report, lambda r: 5.0),
-]
+def _specs() -> list[dict[str, Any]]:
+    """Each stage's title, dependencies, recipe sections, function and time estimate, in STAGE_NAMES' order."""
+    return [
+        dict(title="evaluate the base model", deps=(),
+             sections=lambda r: {"model": r.model, "eval": r.eval, "domains": r.data.domains, "dtype": r.dtype},
+             fn=stage_baseline, estimate=_eval_s),
+        dict(title="fine-tune one model per domain and wrong-data fraction", deps=(),
+             sections=lambda r: {"model": r.model, "data": r.data, "train": r.train, "seed": r.seed, "dtype": r.dtype,
+                                 **_pc(r)},
+             fn=stage_finetune, estimate=_finetune_s),
+        dict(title="evaluate each fine-tune (broad + in-domain questions)", deps=("baseline", "finetune"),
+             sections=lambda r: {"eval": r.eval}, fn=stage_evaluate,
+             estimate=lambda r: len(r.all_models()) * _eval_s(r)),
+        dict(title="train the SAE on the base model (or load it)", deps=(),
+             sections=lambda r: {"model": r.model, "sae": r.sae, "corpus_tokens": r.interpret.corpus_tokens,
+                                 "dtype": r.dtype},
+             fn=stage_sae, estimate=est_sae),
+        dict(title="rank latents by activation increase in the misaligned fine-tunes", deps=("sae", "evaluate"),
+             sections=lambda r: {"diff": r.diff}, fn=stage_diff,
+             estimate=lambda r: (len(r.all_models()) + 1) * (LOAD_S + _n_questions(r, r.eval.n_questions) * r.eval.samples
+                                                             * 0.1 * size_factor(r)) * (2 if r.diff.inputs == "both" else 1)),
+        dict(title="latent cards: top contexts, logit lens, histograms", deps=("diff",),
+             sections=lambda r: {"interpret": r.interpret}, fn=stage_interpret,
+             estimate=lambda r: 10 + r.interpret.corpus_tokens / 50000.0 * r.interpret.latents),
+        dict(title="causal screen (+ on base, − on a misaligned model) and dose–response", deps=("diff", "evaluate"),
+             sections=lambda r: {"steer": r.steer, "eval": r.eval, "seed": r.seed}, fn=stage_steer, estimate=est_steer),
+        dict(title="latent shift vs misalignment across the family; early warning", deps=("diff", "evaluate"),
+             sections=lambda r: {"predict": r.predict}, fn=stage_predict,
+             estimate=lambda r: (len(r.models()) + 1) * (LOAD_S + 2) + len(r.models())
+             * _n_questions(r, r.eval.n_questions) * r.eval.samples / JUDGE_ANSWERS_PER_S, soft=("steer",)),
+        dict(title="re-align the most misaligned model on benign data", deps=("evaluate",),
+             sections=lambda r: {"realign": r.realign, "benign": r.data.benign, "eval": r.eval, "train": r.train},
+             fn=stage_realign, estimate=est_realign),
+        dict(title="render report/index.html", deps=(), sections=lambda r: {}, fn=stage_report,
+             estimate=lambda r: 5.0),
+    ]
+
+
+def _named(name: str, spec: dict[str, Any]) -> Stage:
+    """Stage ``name`` (from :data:`STAGE_NAMES`, the one list of names); its function must be ``stage_<name>``."""
+    if spec["fn"].__name__ != f"stage_{name}":
+        raise RuntimeError(f"stage {name!r} is paired with {spec['fn'].__name__}: _specs() is out of STAGE_NAMES' order")
+    return Stage(name, **spec)
+
+
+STAGES: list[Stage] = [_named(n, spec) for n, spec in zip(STAGE_NAMES, _specs(), strict=True)]

@@ -36,7 +36,6 @@ SECTIONS = [
     ("cards", "Latent cards"), ("steering", "Steering"), ("positive-control", "Positive control"), ("prediction", "Prediction"),
     ("realignment", "Re-alignment"), ("samples", "Sample answers"), ("provenance", "Provenance"),
 ]
-STAGES = ("baseline", "finetune", "evaluate", "sae", "diff", "interpret", "steer", "predict", "realign")
 TEMPLATE = Path(__file__).with_name("template.html")
 
 
@@ -46,12 +45,10 @@ def esc(x: Any) -> str:
 
 
 def load_results(run_dir: Path) -> dict[str, Any]:
-    """The stage summaries of a run folder (missing stages are absent)."""
+    """The stage summaries of a run folder, ``RUN/pipeline/<stage>.json``, by stage (missing stages are absent)."""
     out: dict[str, Any] = {}
-    for st in STAGES:
-        p = Path(run_dir) / "pipeline" / f"{st}.json"
-        if p.is_file():
-            out[st] = json.loads(p.read_text())
+    for p in sorted((Path(run_dir) / "pipeline").glob("[!.]*.json")):
+        out[p.stem] = json.loads(p.read_text())
     man = Path(run_dir) / "manifest.json"
     out["_manifest"] = json.loads(man.read_text()) if man.is_file() else {}
     rec = Path(run_dir) / "recipe.yaml"
@@ -120,11 +117,10 @@ def sec_setup(res: dict) -> str:
         parts.append(plots.loss_curves(ft["models"]))
     stages = man.get("stages", {})
     if stages:
-        order = {s: i for i, s in enumerate((*STAGES, "report"))}
-        parts.append("<h3>Stages</h3>" + _table(
+        parts.append("<h3>Stages</h3>" + _table(  # in the order the run first recorded them
             ["stage", "status", "seconds"],
-            [[k, "this page" if k == "report" else v.get("status"), v.get("seconds", "")]
-             for k, v in sorted(stages.items(), key=lambda kv: order.get(kv[0], 99))], num={2}))
+            [[k, "this page" if k == "report" else v.get("status"), v.get("seconds", "")] for k, v in stages.items()],
+            num={2}))
     if res.get("_recipe_text"):
         parts.append(f"<details><summary>recipe</summary><pre>{esc(res['_recipe_text'])}</pre></details>")
     return "".join(parts) or '<p class="missing">No setup recorded.</p>'
