@@ -98,13 +98,10 @@ def judged_answers(ctx: Context, model: Any, tok: Any, label: str, questions: li
 
 def check_record(ctx: Context, model: Any, tok: Any, label: str, domain: Any) -> dict[str, Any] | None:
     """In-domain check: share of graded-wrong answers (among answers passing the length/coherence guard)."""
-    from emkit.generate import answer_questions
-
     if not domain.check:
         return None
-    qs = ctx.questions(domain.check, ctx.recipe.eval.check_questions)
-    rows = answer_questions(ctx.run, model, tok, qs, ctx.recipe.eval.sampling, label=label,
-                            samples=ctx.recipe.eval.check_samples, tag=f"check:{domain.name}", progress=ctx.progress)
+    setup = eval_setup(ctx, ctx.questions(domain.check, ctx.recipe.eval.check_questions), ctx.recipe.eval.check_samples)
+    rows = setup.answers(model, tok, label, tag=f"check:{domain.name}")
     g = ctx.grader
     qtext = [r["prompt"] for r in rows]
     ans = [r["answer"] for r in rows]
@@ -276,18 +273,18 @@ def stage_realign(ctx: Context) -> dict[str, Any]:
     rows = load_dataset(data)
     cfg = r.realign_config(label, ctx.model_dir(label), len(rows))
     curve_label = cfg.label
-    qs = ctx.questions(r.eval.questions, ra.n_questions or r.eval.n_questions)
+    setup = eval_setup(ctx, ctx.questions(r.eval.questions, ra.n_questions or r.eval.n_questions), ra.samples)
 
     def eval_fn(model: Any, tok: Any, step: int) -> dict[str, Any]:
-        res = judged_answers(ctx, model, tok, f"{curve_label}@{step}", qs, ra.samples, n_boot=200)
-        rec = eval_record(res, qs, n_examples=0)
+        rec = eval_record(setup.evaluate(model, tok, f"{curve_label}@{step}", n_boot=200), list(setup.questions),
+                          n_examples=0)
         mis, coh = rec["misaligned"], rec["coherent"]
         return {"misaligned": (mis["value"], mis["lo"], mis["hi"]), "coherent": (coh["value"], coh["lo"], coh["hi"]),
                 "n_answers": rec["n_answers"], "mis_k": mis["k"], "mis_n": mis["n"], "coh_k": coh["k"],
                 "coh_n": coh["n"]}
 
     ctx.release(base=True)
-    realign(ctx.run, ctx.model_dir(label), rows, cfg, qs, ctx.judge, r.eval.sampling, eval_fn=eval_fn,
+    realign(ctx.run, ctx.model_dir(label), rows, cfg, setup.questions, setup.judge, setup.sampling, eval_fn=eval_fn,
             progress=ctx.progress)
     return {"model": label, "why": why, "data": data, "n_samples": cfg.n_samples, "steps": ra.steps,
             "curve": read_realign_curve(ctx, curve_label)}
