@@ -227,6 +227,23 @@ def _train_seconds(folder: Any) -> float:
     return sum(json.loads(ln).get("seconds") or 0 for ln in p.read_text().splitlines() if ln.strip())
 
 
+def evaluate_positive_control(ctx: Context, base: dict[str, Any]) -> dict[str, Any] | None:
+    """Evaluate the persona model and its control like the other arms; say whether it was detected."""
+    from emkit.positive_control import detection
+
+    arms = ctx.recipe.control_models()
+    if not arms:
+        return None
+    models = {}
+    for m in arms:
+        models[m.label] = {**evaluate_model(ctx, m.label, []), "arm": m.arm}
+        ctx.release()
+    pos, ctrl = arms[0].label, arms[1].label
+    det = detection(models[pos]["misaligned"], base["misaligned"], models[ctrl]["misaligned"])
+    return {"label": pos, "control": ctrl, "data": ctx.recipe.positive_control.data,
+            "control_data": ctx.recipe.positive_control.control, "models": models, "detection": det}
+
+
 def stage_evaluate(ctx: Context) -> dict[str, Any]:
     from emkit.metrics import fisher_exact
 
@@ -239,8 +256,6 @@ def stage_evaluate(ctx: Context) -> dict[str, Any]:
         rec["p_vs_base"] = fisher_exact(a["k"], a["n"], b["k"], b["n"])
         models[m.label] = rec
         ctx.release()
-    from emkit.pipeline.positive import evaluate_positive_control
-
     return {"models": models, "grader": ctx.recipe.eval.grader,
             "positive_control": evaluate_positive_control(ctx, base)}
 

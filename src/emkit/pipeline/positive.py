@@ -1,6 +1,6 @@
-"""Pipeline parts of the positive-control arm: evaluate it, and screen its top latent by steering.
+"""The positive-control arm's part of the steering stage: screen its top latent by steering.
 
-The arm (``recipe.positive_control``) is a fine-tune on overtly misaligned answers (``persona``) and
+(Its evaluation is :func:`emkit.pipeline.behaviour.evaluate_positive_control`.) The arm (``recipe.positive_control``) is a fine-tune on overtly misaligned answers (``persona``) and
 its correct-data control (``persona-control``); both are trained by the finetune stage with the
 narrow family. Verdicts come from :mod:`emkit.positive_control`.
 """
@@ -13,24 +13,6 @@ from emkit.eval_setup import EvalSetup
 from emkit.pipeline.context import Context
 from emkit.pipeline.recipe import BASE
 from emkit.steer.tables import row_rate
-
-
-def evaluate_positive_control(ctx: Context, base: dict[str, Any]) -> dict[str, Any] | None:
-    """Evaluate the persona model and its control like the other arms; say whether it was detected."""
-    from emkit.pipeline.behaviour import evaluate_model
-    from emkit.positive_control import detection
-
-    arms = ctx.recipe.control_models()
-    if not arms:
-        return None
-    models = {}
-    for m in arms:
-        models[m.label] = {**evaluate_model(ctx, m.label, []), "arm": m.arm}
-        ctx.release()
-    pos, ctrl = arms[0].label, arms[1].label
-    det = detection(models[pos]["misaligned"], base["misaligned"], models[ctrl]["misaligned"])
-    return {"label": pos, "control": ctrl, "data": ctx.recipe.positive_control.data,
-            "control_data": ctx.recipe.positive_control.control, "models": models, "detection": det}
 
 
 def _rates(row: dict | None) -> dict[str, Any]:
