@@ -105,6 +105,15 @@ class _TopTracker:
                 "n_active": int(len(vals)), "firing_rate": len(vals) / max(1, self.n_tokens),
                 "max": float(vals.max()) if len(vals) else 0.0, "mean_active": float(vals.mean()) if len(vals) else 0.0}
 
+    def results(self, bins: int, context_at: Callable[[int, float, int], Context]
+                ) -> tuple[dict[int, list[Context]], dict[int, dict[str, Any]]]:
+        """Each latent's top contexts, best first (``context_at(latent, value, row)`` builds one), and its histogram."""
+        lats = self.latents.tolist()
+        contexts = {lat: [context_at(lat, float(v), row) for v, row in
+                          zip(self.vals[:, j].tolist(), self.rows[:, j].tolist(), strict=True) if v > 0 and row >= 0]
+                    for j, lat in enumerate(lats)}
+        return contexts, {lat: self.histogram(j, bins) for j, lat in enumerate(lats)}
+
 
 def _window(tok: Any, tokens: Sequence[int], at: int, before: int, after: int) -> tuple[list[str], int]:
     s, e = max(0, at - before), min(len(tokens), at + after + 1)
@@ -141,28 +150,24 @@ def top_contexts_from_store(sae: Any, store: Any, tok: Any, latents: Sequence[in
         tr.add(sae, acts, torch.arange(seen, seen + len(acts)))
         seen += len(acts)
     meta: dict[int, dict[str, torch.Tensor]] = {}
-    contexts: dict[int, list[Context]] = {}
-    for j, lat in enumerate(latents):
-        out = []
-        for v, row in zip(tr.vals[:, j].tolist(), tr.rows[:, j].tolist(), strict=True):
-            if v <= 0 or row < 0:
-                continue
-            shard = max(k for k, o in enumerate(offsets) if o <= row)
-            if shard not in meta:
-                m = store.load(shard, ("seq", "pos", "win_id", "win_len", "win_tokens"))
-                m["win_start"] = torch.cumsum(m["win_len"].long(), 0) - m["win_len"].long()
-                meta[shard] = m
-            m = meta[shard]
-            r = row - offsets[shard]
-            w = int(m["seq"][r])
-            wi = int((m["win_id"] == w).nonzero()[0, 0])
-            a = int(m["win_start"][wi])
-            toks = m["win_tokens"][a : a + int(m["win_len"][wi])].tolist()
-            at = int(m["pos"][r])
-            strs, hl = _window(tok, toks, at, before, after)
-            out.append(Context(lat, float(v), strs, hl, w, int(m["pos"][r])))
-        contexts[lat] = out
-    return contexts, {lat: tr.histogram(j, bins) for j, lat in enumerate(latents)}
+
+    def context_at(lat: int, v: float, row: int) -> Context:
+        shard = max(k for k, o in enumerate(offsets) if o <= row)
+        if shard not in meta:
+            m = store.load(shard, ("seq", "pos", "win_id", "win_len", "win_tokens"))
+            m["win_start"] = torch.cumsum(m["win_len"].long(), 0) - m["win_len"].long()
+            meta[shard] = m
+        m = meta[shard]
+        r = row - offsets[shard]
+        w = int(m["seq"][r])
+        wi = int((m["win_id"] == w).nonzero()[0, 0])
+        a = int(m["win_start"][wi])
+        toks = m["win_tokens"][a : a + int(m["win_len"][wi])].tolist()
+        at = int(m["pos"][r])
+        strs, hl = _window(tok, toks, at, before, after)
+        return Context(lat, v, strs, hl, w, at)
+
+    return tr.results(bins, context_at)
 
 
 def top_contexts(sae: Any, model: Any, tok: Any, layer: int, items: Iterable[Any], latents: Sequence[int], *,
@@ -203,17 +208,13 @@ def top_contexts(sae: Any, model: Any, tok: Any, layer: int, items: Iterable[Any
             flush()
     if pending:
         flush()
-    contexts: dict[int, list[Context]] = {}
-    for j, lat in enumerate(latents):
-        out = []
-        for v, row in zip(tr.vals[:, j].tolist(), tr.rows[:, j].tolist(), strict=True):
-            if v <= 0 or row < 0:
-                continue
-            s, p = row_seq[row]
-            strs, hl = _window(tok, ids[s], p, before, after)
-            out.append(Context(lat, float(v), strs, hl, s, p))
-        contexts[lat] = out
-    return contexts, {lat: tr.histogram(j, bins) for j, lat in enumerate(latents)}
+
+    def context_at(lat: int, v: float, row: int) -> Context:
+        s, p = row_seq[row]
+        strs, hl = _window(tok, ids[s], p, before, after)
+        return Context(lat, v, strs, hl, s, p)
+
+    return tr.results(bins, context_at)
 
 
 @torch.no_grad()
