@@ -23,7 +23,7 @@ from emkit.run import atomic_write_text, package_versions
 from emkit.train.callbacks import Callback
 from emkit.train.config import RLConfig
 from emkit.train.modeling import is_peft, peft_lora_config, prepare_model, save_final
-from emkit.train.sft import model_dir, read_train_config
+from emkit.train.sft import finished_before, model_dir
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +71,8 @@ def train_rl(
     chat = rl_prompts(prompts)
     chash = config_hash(cfg)
     dhash = config_hash(chat)
-    prev = read_train_config(out)
-    if prev is not None and not overwrite:
-        if prev.get("config_hash") != chash or prev.get("data_hash") != dhash:
-            raise EmkitError(f"{out} holds a training run with a different config or prompts",
-                             hint="pick another --name, or pass overwrite to start it afresh")
-        if prev.get("status") == "done":
-            return out
+    if finished_before(out, chash, dhash, overwrite, "prompts"):
+        return out
     if overwrite and out.exists():
         import shutil
 

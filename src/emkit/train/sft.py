@@ -72,6 +72,18 @@ def read_train_config(folder: Path) -> dict[str, Any] | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def finished_before(out: Path, chash: str, dhash: str, overwrite: bool, data: str = "data") -> bool:
+    """Whether ``out`` holds a finished run of this config and ``data``; another run there is an error
+    unless ``overwrite`` (then nothing counts as finished)."""
+    prev = read_train_config(out)
+    if prev is None or overwrite:
+        return False
+    if prev.get("config_hash") != chash or prev.get("data_hash") != dhash:
+        raise EmkitError(f"{out} holds a training run with a different config or {data}",
+                         hint="pick another --name, or pass overwrite to start it afresh")
+    return prev.get("status") == "done"
+
+
 def masked_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Sum of next-token cross-entropy where the *next* label is not -100, and how many such tokens."""
     targets = labels[:, 1:]
@@ -172,15 +184,10 @@ def finetune(
     check_rows(rows)
     dist = _Dist()
     chash, dhash = config_hash(cfg), rows_hash(rows)
-    prev = read_train_config(out)
-    if prev is not None and not overwrite:
-        if prev.get("config_hash") != chash or prev.get("data_hash") != dhash:
-            raise EmkitError(f"{out} holds a training run with a different config or data",
-                             hint="pick another --name, or pass overwrite to start it afresh")
-        if prev.get("status") == "done":
-            log.info("%s is already trained; skipping", out)
-            return out
-    ckpts = [] if overwrite else list_checkpoints(out)
+    if finished_before(out, chash, dhash, overwrite):
+        log.info("%s is already trained; skipping", out)
+        return out
+    ckpts = [] if overwrite or read_train_config(out) is None else list_checkpoints(out)  # resume only our own run
     dist.barrier()  # every process has read the folder before process 0 changes it
     if overwrite and out.exists() and dist.main:
         import shutil
@@ -205,7 +212,7 @@ def finetune(
             "rows": len(rows), "examples": len(examples), "dropped_rows": dropped, "total_steps": n_total,
             "trainable_parameters": n_trainable, "versions": package_versions()}
     step, samples_seen, tokens_seen = 0, 0, 0
-    if ckpts and prev is not None and not overwrite:
+    if ckpts:
         state = load_checkpoint(ckpts[-1][1], params, opt)
         step, samples_seen, tokens_seen = state["step"], state["samples_seen"], state["tokens_seen"]
         log.info("resuming %s from checkpoint step %d", out, step)
