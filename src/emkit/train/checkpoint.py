@@ -9,10 +9,8 @@ are written under a temporary name and renamed into place, so a crash never leav
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from emkit.errors import EmkitError
+from emkit.run import atomic_dir
 
 STEP_RE = re.compile(r"^step-(\d+)$")
 
@@ -54,10 +53,8 @@ def save_checkpoint(
 ) -> Path:
     """Write ``checkpoints/step-<step>`` atomically and prune all but the newest ``keep``."""
     root = folder / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=root))
-    try:
+    with atomic_dir(final, f".step-{step}-") as tmp:
         names = list(params)
         save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, str(tmp / "trainable.safetensors"))
         opt_tensors, groups = _optimizer_tensors(opt, names)
@@ -70,12 +67,6 @@ def save_checkpoint(
         if model is not None and hasattr(model, "peft_config"):
             model.save_pretrained(str(tmp), safe_serialization=True)
         (tmp / "state.json").write_text(json.dumps({**state, "step": step, "param_groups": groups}, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for _, old in list_checkpoints(folder)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
