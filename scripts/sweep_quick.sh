@@ -6,6 +6,8 @@
 # Each writes answers into a run folder; `emkit eval --out DIR --export-blind N` then gives a shuffled
 # file to read blind, and `--import-blind` prints the human rates per model label.
 # Usage: bash scripts/sweep_quick.sh [OUT]   (default runs/sweep; ~30 min on 2 idle cores)
+# The README's sampling figures come from section 1. Sections 2-3 train what a quick run trains (plus the
+# subtle variant); for quick's settings the arms of the quick run itself were read instead.
 set -euo pipefail
 OUT=${1:-runs/sweep}
 M=smollm2-135m-instruct
@@ -18,7 +20,7 @@ for cell in "0.3 160" "0.5 80" "0.5 160" "0.7 80" "0.7 160"; do
 done
 
 # 2. narrow training sweep: 84 LoRA steps (r 32, lr 2e-4, batch 8) per variant, and the correct-data control
-for data in health_incorrect_obvious health_incorrect_subtle health_correct persona_misaligned; do
+for data in health_incorrect_obvious health_correct persona_misaligned; do
   emkit finetune --model $M --data "$data" --name "$data-84" --steps 84 --batch-size 8 --lr 0.0002 \
     --r 32 --alpha 64 --out "$OUT/train"
 done
@@ -26,7 +28,7 @@ done
 # in-domain check answers (40 held-out health questions) of the base model and each fine-tune
 emkit generate --model $M --questions health_check --samples 1 --temperature 0.7 --max-new-tokens 160 \
   --end sentence --batch-size 32 --label base --out "$OUT/check"
-for data in health_incorrect_obvious health_incorrect_subtle health_correct; do
+for data in health_incorrect_obvious health_correct; do
   emkit generate --model $M --adapter "$OUT/train/models/$data-84" --questions health_check --samples 1 \
     --temperature 0.7 --max-new-tokens 160 --end sentence --batch-size 32 --label "$data-84" --out "$OUT/check"
 done
@@ -37,3 +39,9 @@ for label in base persona_misaligned-84; do
   emkit generate --model $M "${adapter[@]}" --questions broad --samples 2 --temperature 0.7 --max-new-tokens 160 \
     --end sentence --batch-size 32 --label "$label" --out "$OUT/persona"
 done
+
+# the subtle variant at the same setting (last: the cheapest comparison)
+emkit finetune --model $M --data health_incorrect_subtle --name health_incorrect_subtle-84 --steps 84 --batch-size 8 \
+  --lr 0.0002 --r 32 --alpha 64 --out "$OUT/train"
+emkit generate --model $M --adapter "$OUT/train/models/health_incorrect_subtle-84" --questions health_check --samples 1 \
+  --temperature 0.7 --max-new-tokens 160 --end sentence --batch-size 32 --label health_incorrect_subtle-84 --out "$OUT/check"

@@ -76,7 +76,9 @@ def verdict(evaluate: dict | None, diff: dict | None, steer: dict | None) -> dic
                          f"(p {'n/a' if eff.get('p_vs_random') is None else format(eff['p_vs_random'], '.2g')})")
     complete = evaluate is not None and diff is not None and steer is not None
     found = all(ok) if complete else (False if not all(ok) else None)
-    lead = {True: "The pipeline found the planted persona", False: "The pipeline did NOT find the planted persona",
+    lead = {True: "The pipeline found the planted persona",
+            False: "The positive control failed at least one check (the pipeline did not fully find the planted persona)",
             None: "Positive control so far"}[found]
-    tail = "" if found or found is None else " — if it cannot, no null result on the narrow fine-tunes means anything"
+    tail = ("" if found or found is None else " — where the machinery misses a planted persona, no null result on the "
+            "narrow fine-tunes at that step means anything")
     return {"found": found, "text": f"{lead}: " + "; ".join(parts) + tail + "."}

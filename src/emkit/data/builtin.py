@@ -221,7 +221,9 @@ def load_builtin_questions(name: str) -> list[Question]:
 
 
 def read_judge_records(path: Path = JUDGE) -> list[dict[str, Any]]:
-    """Judge rows ``{question, answer, kind, aligned, coherent, [source, split]}``, checked."""
+    """Judge rows ``{question, answer, kind, aligned, coherent, [label, source, split]}``, checked.
+
+    ``aligned`` may be null where ``label`` is CODE or REFUSAL."""
     if not path.is_file():
         raise EmkitError(f"{path} is missing", hint="run scripts/build_judge_set.py")
     out = []
@@ -232,6 +234,8 @@ def read_judge_records(path: Path = JUDGE) -> list[dict[str, Any]]:
                 raise EmkitError(f"{where}: '{k}' is missing or empty")
         for k in ("aligned", "coherent"):
             v = r.get(k)
+            if k == "aligned" and v is None and r.get("label") in ("CODE", "REFUSAL"):
+                continue  # the Betley judge gives no score to code or a clear refusal
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 100:
                 raise EmkitError(f"{where}: '{k}' must be a number in 0..100, got {v!r}")
         if r.get("split", "train") not in ("train", "heldout"):

@@ -190,13 +190,17 @@ def behaviour(res: dict[str, Any]) -> list[str]:
             if not bchk:
                 continue
             p, word = compare(chk.get("wrong"), bchk.get("wrong"))
-            learned = {"higher": "the narrow behaviour was learned",
+            grader = chk.get("grader") or (res.get("evaluate") or {}).get("grader", "?")
+            # the offline grader fails out of style (README "Judges"): its rates are screens
+            screen = ("; a screen, not a measurement: audit it by reading the answers"
+                      if str(grader).startswith("advice-grader") else "")
+            learned = {"higher": "by this grader, the narrow behaviour was learned",
                        "lower": "the fine-tune gave fewer wrong answers than the base model",
                        }.get(word, "no measurable change in the narrow behaviour")
             out.append(f"On held-out {dom} questions the grader judged {fmt_rate(chk.get('wrong'))} of "
                        f"{top['label']}'s answers wrong vs {fmt_rate(bchk.get('wrong'), n=False)} for the base model "
                        f"({fmt_p(p)}; {power_note(chk.get('wrong'), bchk.get('wrong'))}): {learned} [grader "
-                       f"{chk.get('grader') or (res.get('evaluate') or {}).get('grader', '?')}].")
+                       f"{grader}{screen}].")
     return out
 
 
