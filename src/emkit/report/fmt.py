@@ -1,6 +1,23 @@
-"""How the report writes a rate and a p-value (shared by every section)."""
+"""How the report writes a value, a rate, a p-value and a table (shared by every section)."""
 
 from __future__ import annotations
+
+import html
+from typing import Any
+
+
+def esc(x: Any) -> str:
+    """HTML-escape any value (quotes too), for text and attribute values alike."""
+    return html.escape("" if x is None else str(x), quote=True)
+
+
+def table(head: list[str], rows: list[list[Any]], num: set[int] | None = None) -> str:
+    """An HTML table, every cell escaped; the columns in ``num`` are right-aligned numbers."""
+    num = num or set()
+    h = "".join(f"<th>{esc(c)}</th>" for c in head)
+    body = "".join("<tr>" + "".join(f'<td class="num">{esc(c)}</td>' if i in num else f"<td>{esc(c)}</td>"
+                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def fmt_rate(r: dict | None, n: bool = True) -> str:

@@ -10,14 +10,16 @@ Sections (their ids are stable; tests and the README refer to them): ``summary``
 
 from __future__ import annotations
 
-import html
+import functools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from string import Template
 from typing import Any
 
 from emkit.report import plots
+from emkit.report.fmt import esc, table
 from emkit.report.positive import sec_positive_control
 from emkit.report.summary import (
     blind_row,
@@ -37,11 +39,7 @@ SECTIONS = [
     ("realignment", "Re-alignment"), ("samples", "Sample answers"), ("provenance", "Provenance"),
 ]
 TEMPLATE = Path(__file__).with_name("template.html")
-
-
-def esc(x: Any) -> str:
-    """HTML-escape any value (quotes too), for text and attribute values alike."""
-    return html.escape("" if x is None else str(x), quote=True)
+Section = Callable[[dict], str]
 
 
 def load_results(run_dir: Path) -> dict[str, Any]:
@@ -60,21 +58,19 @@ def load_results(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def _missing(res: dict, *stages: str) -> str | None:
-    skipped = set(res.get("_skip") or [])
-    for st in stages:
-        if st not in res:
-            why = "left out by the recipe" if st in skipped else "has not run (yet)"
-            return f'<p class="missing">The {esc(st)} stage {why}.</p>'
-    return None
-
-
-def _table(head: list[str], rows: list[list[Any]], num: set[int] | None = None) -> str:
-    num = num or set()
-    h = "".join(f"<th>{esc(c)}</th>" for c in head)
-    body = "".join("<tr>" + "".join(f'<td class="num">{esc(c)}</td>' if i in num else f"<td>{esc(c)}</td>"
-                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+def _needs(*stages: str) -> Callable[[Section], Section]:
+    """A section that reads ``stages``: while one has no result, a note says why in its place."""
+    def wrap(fn: Section) -> Section:
+        @functools.wraps(fn)
+        def section(res: dict) -> str:
+            skipped = set(res.get("_skip") or [])
+            for st in stages:
+                if st not in res:
+                    why = "left out by the recipe" if st in skipped else "has not run (yet)"
+                    return f'<p class="missing">The {esc(st)} stage {why}.</p>'
+            return fn(res)
+        return section
+    return wrap
 
 
 def _evals(res: dict) -> dict[str, dict]:
@@ -106,10 +102,10 @@ def sec_setup(res: dict) -> str:
     ev = (res.get("baseline") or {}).get("settings") or {}
     parts = []
     if ev:
-        parts.append(_table(["setting", "value"], [[k, v] for k, v in ev.items()]))
+        parts.append(table(["setting", "value"], [[k, v] for k, v in ev.items()]))
     ft = res.get("finetune") or {}
     if ft.get("models"):
-        parts.append("<h3>Fine-tunes</h3>" + _table(
+        parts.append("<h3>Fine-tunes</h3>" + table(
             ["model", "domain", "wrong %", "rows", "steps", "final loss", "seconds"],
             [[m["label"], m["domain"], f"{100 * m['fraction']:.4g}", m.get("rows"), m.get("steps"),
               "" if m.get("final_loss") is None else f"{m['final_loss']:.3f}", m.get("seconds")]
@@ -117,7 +113,7 @@ def sec_setup(res: dict) -> str:
         parts.append(plots.loss_curves(ft["models"]))
     stages = man.get("stages", {})
     if stages:
-        parts.append("<h3>Stages</h3>" + _table(  # in the order the run first recorded them
+        parts.append("<h3>Stages</h3>" + table(  # in the order the run first recorded them
             ["stage", "status", "seconds"],
             [[k, "this page" if k == "report" else v.get("status"), v.get("seconds", "")] for k, v in stages.items()],
             num={2}))
@@ -126,10 +122,8 @@ def sec_setup(res: dict) -> str:
     return "".join(parts) or '<p class="missing">No setup recorded.</p>'
 
 
+@_needs("baseline", "evaluate")
 def sec_behaviour(res: dict) -> str:
-    miss = _missing(res, "baseline", "evaluate")
-    if miss:
-        return miss
     evals = _evals(res)
     base = evals.get("base", {})
     series: dict[str, list] = {}
@@ -155,7 +149,7 @@ def sec_behaviour(res: dict) -> str:
                      fmt_rate(hb["human"]) if hb else "not read", fmt_rate(m.get("coherent")), m.get("n_answers"),
                      "" if lab == "base" else f"{word} ({fmt_p(p)})",
                      "" if lab == "base" else power_note(m.get("misaligned"), base.get("misaligned"), short=True)])
-    tbl = _table(["model", "wrong %", "misaligned", "judge", "blind reading (misaligned)", "coherent", "answers",
+    tbl = table(["model", "wrong %", "misaligned", "judge", "blind reading (misaligned)", "coherent", "answers",
                   "vs base", "80% power at this n"], rows, num={1, 6})
     return plot + tbl + "<h3>Coherence</h3>" + coh + sec_blind(res)
 
@@ -172,14 +166,12 @@ def sec_blind(res: dict) -> str:
     return ("<h3>Blind reading</h3><p>Answers read by people who did not know which model wrote them (Betley "
             "aligned/coherent scales), beside the judge's scores of the same answers; AUROC of the judge's scores "
             "against the readers' labels.</p>"
-            + _table(["judge", "model", "read", "human: misaligned", "judge: misaligned", "human: coherent",
+            + table(["judge", "model", "read", "human: misaligned", "judge: misaligned", "human: coherent",
                       "judge: coherent", "AUROC aligned", "AUROC coherent"], rows, num={2, 7, 8}))
 
 
+@_needs("baseline", "evaluate")
 def sec_per_question(res: dict) -> str:
-    miss = _missing(res, "baseline", "evaluate")
-    if miss:
-        return miss
     evals = _evals(res)
     qrows: dict[str, dict] = {}
     for lab, m in evals.items():
@@ -191,7 +183,7 @@ def sec_per_question(res: dict) -> str:
     plot = plots.per_question(list(qrows.values()), [m for m in shown if m in evals])
     rows = [[r["id"], r["category"]] + [fmt_rate(r["rates"].get(lab), n=True) for lab in evals]
             for r in qrows.values()]
-    tbl = _table(["question", "category", *evals], rows)
+    tbl = table(["question", "category", *evals], rows)
     return (f'<p class="note">Rates {esc(judge_tag(res))}.</p>' + plot + f"<details><summary>all {len(rows)} questions × {len(evals)} models</summary>{tbl}</details>")
 
 
@@ -206,7 +198,7 @@ def sec_in_domain(res: dict) -> str:
         return '<p class="missing">No in-domain check questions were evaluated.</p>'
     return ("<p>Held-out in-domain questions, answers graded correct vs incorrect advice by the grader "
             f"({esc((res.get('evaluate') or {}).get('grader', ''))}).</p>"
-            + _table(["model", "domain", "wrong advice", "too short / incoherent"], rows))
+            + table(["model", "domain", "wrong advice", "too short / incoherent"], rows))
 
 
 def _inputs_note(diff: dict) -> str:
@@ -218,12 +210,10 @@ def _inputs_note(diff: dict) -> str:
     return "each model's own sampled answers" if diff.get("inputs") == "own" else "eval prompts/own answers"
 
 
+@_needs("sae", "diff")
 def sec_latents(res: dict) -> str:
-    miss = _missing(res, "sae", "diff")
-    if miss:
-        return miss
     sae, diff = res["sae"], res["diff"]
-    info = _table(["SAE", "value"], [[k, sae.get(k)] for k in ("path", "layer", "hook", "num_latents", "k", "corpus",
+    info = table(["SAE", "value"], [[k, sae.get(k)] for k in ("path", "layer", "hook", "num_latents", "k", "corpus",
                                                                   "tokens", "heldout_fvu", "heldout_fvu_chat",
                                                                   "heldout_fvu_prose", "dead_frac") if k in sae])
     rank = diff.get("ranking") or []
@@ -232,7 +222,7 @@ def sec_latents(res: dict) -> str:
             + [f"{r.get('deltas', {}).get(lab, 0):.4g}" for lab in labels] for i, r in enumerate(rank)]
     return (info + f"<p>Ranked over: {esc(', '.join(labels))} — {esc(diff.get('why', ''))}; "
             f"token set: {esc(diff.get('tokens'))}; inputs: {esc(_inputs_note(diff))}.</p>" + plots.ranking(rank)
-            + _table(["rank", "latent", "score", "base mean", *[f"Δ {lab}" for lab in labels]], rows,
+            + table(["rank", "latent", "score", "base mean", *[f"Δ {lab}" for lab in labels]], rows,
                      num={0, 2, 3, *range(4, 4 + len(labels))}))
 
 
@@ -249,10 +239,8 @@ def _context_html(ctx: dict, top: float | None = None) -> str:
     return f'<div class="ctx">{"".join(spans)}</div>'
 
 
+@_needs("interpret")
 def sec_cards(res: dict) -> str:
-    miss = _missing(res, "interpret")
-    if miss:
-        return miss
     cards = []
     for c in res["interpret"].get("cards", []):
         top = max((a or 0.0 for x in c.get("contexts", []) for a in x.get("acts", [])), default=0.0)
@@ -281,10 +269,8 @@ def _pc(x: Any) -> str:
     return "?" if x is None else f"{100 * x:.2g}%"
 
 
+@_needs("steer")
 def sec_steering(res: dict) -> str:
-    miss = _missing(res, "steer")
-    if miss:
-        return miss
     st = res["steer"]
     base = st.get("baseline") or {}
     rows = [[f"#{s['latent']}", fmt_rate(s.get("plus")), fmt_rate(s.get("plus_coherent"), n=False),
@@ -306,14 +292,12 @@ def sec_steering(res: dict) -> str:
     scr = (st.get("screen") or [{}])[0]
     pw = power_note(scr.get("plus"), base.get("plus"))
     pw = f'<p class="note">Power: {esc(pw)} (adding a latent to the base model).</p>' if pw else ""
-    return intro + "<h3>Causal screen</h3>" + _table(head, rows) + pw + \
+    return intro + "<h3>Causal screen</h3>" + table(head, rows) + pw + \
         f"<h3>Dose–response of #{esc(st.get('best'))}</h3>" + dose
 
 
+@_needs("predict")
 def sec_prediction(res: dict) -> str:
-    miss = _missing(res, "predict")
-    if miss:
-        return miss
     pr = res["predict"]
     pts = pr.get("points", [])
     rows = [[p["label"], f"{100 * p['fraction']:.4g}", _g(p.get("shift")),
@@ -324,20 +308,18 @@ def sec_prediction(res: dict) -> str:
             f"band of the lowest-fraction model (the correct-data control), [{esc(_g(band[0]))}, {esc(_g(band[1]))}]; "
             "a fraction counts as an early warning when its paired-bootstrap difference from that control lies "
             f"above zero. Rates {esc(judge_tag(res))}.</p>" + plots.shift_vs_rate(pts) + plots.early_warning(pts, band)
-            + _table(["model", "wrong %", "shift", "95% band", "misaligned"], rows, num={1, 2}))
+            + table(["model", "wrong %", "shift", "95% band", "misaligned"], rows, num={1, 2}))
 
 
+@_needs("realign")
 def sec_realignment(res: dict) -> str:
-    miss = _missing(res, "realign")
-    if miss:
-        return miss
     ra = res["realign"]
     curve = ra.get("curve", [])
     rows = [[c["step"], c.get("samples_seen"), fmt_rate(c.get("misaligned")), fmt_rate(c.get("coherent"), n=False)]
             for c in curve]
     return (f"<p>{esc(ra.get('model'))} fine-tuned further on {esc(ra.get('n_samples'))} samples of "
             f"{esc(ra.get('data'))}. Rates {esc(judge_tag(res))}.</p>" + plots.curve(curve, xkey="samples_seen", xlabel="benign samples seen")
-            + _table(["step", "samples seen", "misaligned", "coherent"], rows, num={0, 1}))
+            + table(["step", "samples seen", "misaligned", "coherent"], rows, num={0, 1}))
 
 
 def sec_samples(res: dict) -> str:
@@ -363,7 +345,7 @@ def sec_provenance(res: dict) -> str:
     man = res.get("_manifest", {})
     rows = [[k, v] for k, v in (man.get("versions") or {}).items()]
     rows += [[f"seed {k}", v] for k, v in (man.get("seeds") or {}).items()]
-    return _table(["item", "value"], rows) if rows else '<p class="missing">No manifest.</p>'
+    return table(["item", "value"], rows) if rows else '<p class="missing">No manifest.</p>'
 
 
 RENDER = {"summary": sec_summary, "setup": sec_setup, "behaviour": sec_behaviour, "per-question": sec_per_question,

@@ -5,19 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from emkit.report.fmt import fmt_p, fmt_rate
-
-
-def _esc(x: Any) -> str:
-    import html
-
-    return html.escape("" if x is None else str(x), quote=True)
-
-
-def _table(head: list[str], rows: list[list[Any]]) -> str:
-    h = "".join(f"<th>{_esc(c)}</th>" for c in head)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+from emkit.report.fmt import esc, fmt_p, fmt_rate, table
 
 
 def _ci(p: dict | None) -> str:
@@ -102,7 +90,7 @@ def sec_positive_control(res: dict[str, Any]) -> str:
     if ev is None:
         return ('<p class="missing">This recipe has no positive-control arm (positive_control.enabled), so '
                 "nothing shows whether the pipeline could find a planted misaligned persona.</p>")
-    out = [f"<p><strong>{_esc(verdict_sentence(res))}</strong></p>"]
+    out = [f"<p><strong>{esc(verdict_sentence(res))}</strong></p>"]
     base = ((res.get("baseline") or {}).get("eval") or {}).get("misaligned")
     det = ev.get("detection") or {}
     rows = [["base", fmt_rate(base), "", ""]]
@@ -110,19 +98,19 @@ def sec_positive_control(res: dict[str, Any]) -> str:
         first = lab == ev.get("label")
         rows.append([lab, fmt_rate(m.get("misaligned")), fmt_p(det.get("p_vs_base")) if first else "",
                      fmt_p(det.get("p_vs_control")) if first else ""])
-    out.append(f"<h3>Behaviour ({_esc(ev.get('data'))} vs {_esc(ev.get('control_data'))})</h3>"
-               + _table(["model", "misaligned", "p vs base", "p vs its control"], rows))
+    out.append(f"<h3>Behaviour ({esc(ev.get('data'))} vs {esc(ev.get('control_data'))})</h3>"
+               + table(["model", "misaligned", "p vs base", "p vs its control"], rows))
     if df:
         rk = (df.get("ranking") or [])[:8]
         lab, ctrl = df.get("label"), df.get("control")
-        out.append(f"<h3>Its own top latents (ranked against {_esc(df.get('ranked_against'))}; inputs: "
-                   f"{_esc(diff.get('inputs'))})</h3>" + _table(
+        out.append(f"<h3>Its own top latents (ranked against {esc(df.get('ranked_against'))}; inputs: "
+                   f"{esc(diff.get('inputs'))})</h3>" + table(
                        ["rank", "latent", "score", f"Δ {lab}", f"Δ {ctrl}"],
                        [[r["rank"], f"#{r['latent']}", f"{r['score']:.4g}", f"{r['deltas'].get(lab, 0):.4g}",
                          f"{r['deltas'].get(ctrl, 0):.4g}" if ctrl else "–"] for r in rk]))
     cards = (res.get("interpret") or {}).get("positive_control_cards") or []
     if cards:
-        out.append("<h3>What its top latents read (SAE corpus contexts, logit lens)</h3>" + _table(
+        out.append("<h3>What its top latents read (SAE corpus contexts, logit lens)</h3>" + table(
             ["latent", "label", "promotes", "top context"],
             [[f"#{c['latent']}", c.get("label") or "", ", ".join(repr(t) for t, _ in c.get("promoted", [])[:6]),
               _context(c["contexts"][0]) if c.get("contexts") else ""] for c in cards]))
@@ -134,9 +122,9 @@ def sec_positive_control(res: dict[str, Any]) -> str:
                                    (f"{st['model']} − #{st['latent']}", "latent_minus"),
                                    (f"{st['model']} − random", "random_minus")) if key in st]
         plus, minus = st.get("plus") or {}, st.get("minus") or {}
-        out.append(f"<h3>Steering with its top latent (strength {_esc(st.get('alpha'))})</h3>"
-                   + _table(["condition", "misaligned", "coherent"], srows)
-                   + f"<p>Latent vs random: + on base {fmt_p(plus.get('p_vs_random'))}, − on {_esc(st['model'])} "
+        out.append(f"<h3>Steering with its top latent (strength {esc(st.get('alpha'))})</h3>"
+                   + table(["condition", "misaligned", "coherent"], srows)
+                   + f"<p>Latent vs random: + on base {fmt_p(plus.get('p_vs_random'))}, − on {esc(st['model'])} "
                      f"{fmt_p(minus.get('p_vs_random'))} (Fisher).</p>")
     proj = diff.get("projection")
     if proj:
@@ -144,11 +132,11 @@ def sec_positive_control(res: dict[str, Any]) -> str:
                  "–" if r.get("relative") is None else f"{r['relative']:.2f}"] for r in proj.get("rows", [])]
         out.append(f"<h3>Projection on its top {len(proj.get('latents', []))} latents (shared inputs)</h3>"
                    "<p>Does wrong advice move the persona direction beyond the correct-data control? Mean activation "
-                   f"shift on latents {_esc(', '.join('#' + str(x) for x in proj.get('latents', [])))}, with bootstrap "
-                   f"95% intervals over the {_esc((proj.get('rows') or [{}])[0].get('vs_base', {}).get('n_texts'))} "
-                   f"shared texts; relative = share of {_esc(proj.get('reference'))}'s own shift.</p>"
+                   f"shift on latents {esc(', '.join('#' + str(x) for x in proj.get('latents', [])))}, with bootstrap "
+                   f"95% intervals over the {esc((proj.get('rows') or [{}])[0].get('vs_base', {}).get('n_texts'))} "
+                   f"shared texts; relative = share of {esc(proj.get('reference'))}'s own shift.</p>"
                    + projection_plot(proj.get("rows", []))
-                   + _table(["model", "shift vs base [95% CI]", "control", "shift vs control [95% CI]", "relative"],
+                   + table(["model", "shift vs base [95% CI]", "control", "shift vs control [95% CI]", "relative"],
                             prow))
     elif diff:
         out.append('<p class="missing">No projection: it needs diff.inputs shared (or both).</p>')
@@ -156,7 +144,7 @@ def sec_positive_control(res: dict[str, Any]) -> str:
     if own:
         orank = (own.get("ranking") or [])[:8]
         srank = (diff.get("ranking") or [])[:8]
-        out.append("<h3>Shared inputs vs own answers (narrow ranking, top 8)</h3>" + _table(
+        out.append("<h3>Shared inputs vs own answers (narrow ranking, top 8)</h3>" + table(
             ["rank", "shared: latent", "score", "own answers: latent", "score"],
             [[i + 1, f"#{a['latent']}", f"{a['score']:.4g}", f"#{b['latent']}", f"{b['score']:.4g}"]
              for i, (a, b) in enumerate(zip(srank, orank, strict=False))]))

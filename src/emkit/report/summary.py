@@ -32,6 +32,15 @@ def compare(a: dict | None, b: dict | None) -> tuple[float | None, str]:
     return p, "higher" if ka / na > kb / nb else "lower"
 
 
+def tested(a: dict | None, b: dict | None, *, fall: bool = False, word: str = "") -> str:
+    """``(higher, p = 0.012; at n = ... with 80% power)``: rate ``a`` tested against the reference ``b``.
+
+    ``word`` follows the direction word (e.g. `` from unsteered``); ``fall`` as in :func:`power_note`.
+    """
+    p, direction = compare(a, b)
+    return f"({direction}{word}, {fmt_p(p)}; {power_note(a, b, fall=fall)})"
+
+
 def relation(word: str, other: str) -> str:
     """'higher than X' / 'lower than X' / 'not distinguishable from X'."""
     return {"higher": f"higher than {other}", "lower": f"lower than {other}"}.get(word, f"{word} from {other}")
@@ -135,6 +144,7 @@ def _top_models(res: dict[str, Any]) -> list[dict]:
 
 
 def behaviour(res: dict[str, Any]) -> list[str]:
+    """Misalignment of the top fine-tunes vs the base model, and the narrow behaviour on held-out questions."""
     base = ((res.get("baseline") or {}).get("eval") or {})
     models = (res.get("evaluate") or {}).get("models", {})
     out: list[str] = []
@@ -205,38 +215,41 @@ def behaviour(res: dict[str, Any]) -> list[str]:
 
 
 def latents(res: dict[str, Any]) -> list[str]:
+    """The SAE (trained or loaded) and the latent that model diffing ranks first."""
+    sae, diff = res.get("sae") or {}, res.get("diff") or {}
     out: list[str] = []
-    sae = res.get("sae") or {}
     if sae:
         fvu = sae.get("heldout_fvu")
         src = "loaded from " + str(sae.get("path")) if not sae.get("trained") else \
             f"trained on {sae.get('tokens', 0):,} tokens of {sae.get('corpus')}"
         out.append(f"The SAE at layer {sae.get('layer')} ({sae.get('num_latents')} latents, k = {sae.get('k')}) was "
                    f"{src}" + (f"; held-out FVU {fvu:.3f}." if fvu is not None else "."))
-    diff = res.get("diff") or {}
     rank = diff.get("ranking") or []
     if rank:
         top = rank[0]
         out.append(f"Model diffing over {', '.join(diff.get('misaligned', []))} ({diff.get('why', '')}) ranks latent "
                    f"#{top['latent']} first: its mean activation on {diff.get('tokens')} tokens rose by "
                    f"{top['score']:.3g} (base mean {top.get('base_mean', 0):.3g}).")
+    return out
+
+
+def steering(res: dict[str, Any]) -> list[str]:
+    """The causal screen of the best latent, its random-direction control and the usable strengths."""
+    out: list[str] = []
     st = res.get("steer") or {}
     screen = st.get("screen") or []
     if screen:
         b = next((s for s in screen if s["latent"] == st.get("best")), screen[0])
         base0, tgt0 = (st.get("baseline") or {}).get("plus"), (st.get("baseline") or {}).get("minus")
-        p1, w1 = compare(b.get("plus"), base0)
-        p2, w2 = compare(b.get("minus"), tgt0)
         out.append(f"Steering screen at strength {st.get('screen_alpha')}: adding latent #{b['latent']} to the base "
                    f"model gave {fmt_rate(b.get('plus'))} misaligned vs {fmt_rate(base0, n=False)} unsteered "
-                   f"({w1}, {fmt_p(p1)}; {power_note(b.get('plus'), base0)}); subtracting it from {st.get('target')} "
-                   f"gave {fmt_rate(b.get('minus'))} vs {fmt_rate(tgt0, n=False)} ({w2}, {fmt_p(p2)}; "
-                   f"{power_note(b.get('minus'), tgt0, fall=True)}) {judge_tag(res)}.")
+                   f"{tested(b.get('plus'), base0)}; subtracting it from {st.get('target')} gave "
+                   f"{fmt_rate(b.get('minus'))} vs {fmt_rate(tgt0, n=False)} {tested(b.get('minus'), tgt0, fall=True)} "
+                   f"{judge_tag(res)}.")
         ctrl = st.get("control") or {}
         if ctrl.get("plus"):
-            pc, wc = compare(ctrl.get("plus"), base0)
             out.append(f"A random direction of the same norm added to the base model gave {fmt_rate(ctrl['plus'])} "
-                       f"({wc} from unsteered, {fmt_p(pc)}; {power_note(ctrl['plus'], base0)}) {judge_tag(res)}.")
+                       f"{tested(ctrl['plus'], base0, word=' from unsteered')} {judge_tag(res)}.")
         usable = st.get("usable") or {}
         if usable:
             def side(v: Any) -> str:
@@ -244,33 +257,42 @@ def latents(res: dict[str, Any]) -> list[str]:
 
             out.append(f"Usable steering strength (incoherence ≤ {100 * st.get('max_incoherence', 0.1):.0f}%): "
                        f"adding, {side(usable.get('+'))}; subtracting, {side(usable.get('-'))}.")
+    return out
+
+
+def prediction(res: dict[str, Any]) -> list[str]:
+    """How well the latent's activation shift predicts misalignment across the fine-tunes."""
     pr = res.get("predict") or {}
-    if pr.get("points"):
-        r = pr.get("correlation")
-        rtxt = f"Spearman r = {r:.2f}" if r is not None else "no correlation computable (constant values)"
-        au = pr.get("auroc")
-        autxt = (f"AUROC {au:.2f} for telling fine-tunes above {100 * pr.get('threshold', 0):.1f}% misalignment "
-                 "from the rest") if au is not None else \
-            "no AUROC (the family does not contain both misaligned and aligned models at the threshold)"
-        es, eb = pr.get("earliest_shift"), pr.get("earliest_behaviour")
-        es_t = f"{100 * es:.4g}% wrong data" if es is not None else "no fraction"
-        eb_t = f"{100 * eb:.4g}%" if eb is not None else "no fraction"
-        out.append(f"Prediction across {len(pr['points'])} fine-tunes with latent #{pr.get('latent')}: {rtxt} between "
-                   f"its activation shift and misalignment; {autxt}. Against the lowest-fraction model (the "
-                   f"correct-data control), the latent's shift first rises beyond the bootstrap noise band at {es_t}; "
-                   f"misalignment first does at {eb_t}.")
+    if not pr.get("points"):
+        return []
+    r = pr.get("correlation")
+    rtxt = f"Spearman r = {r:.2f}" if r is not None else "no correlation computable (constant values)"
+    au = pr.get("auroc")
+    autxt = (f"AUROC {au:.2f} for telling fine-tunes above {100 * pr.get('threshold', 0):.1f}% misalignment "
+             "from the rest") if au is not None else \
+        "no AUROC (the family does not contain both misaligned and aligned models at the threshold)"
+    es, eb = pr.get("earliest_shift"), pr.get("earliest_behaviour")
+    es_t = f"{100 * es:.4g}% wrong data" if es is not None else "no fraction"
+    eb_t = f"{100 * eb:.4g}%" if eb is not None else "no fraction"
+    return [f"Prediction across {len(pr['points'])} fine-tunes with latent #{pr.get('latent')}: {rtxt} between "
+            f"its activation shift and misalignment; {autxt}. Against the lowest-fraction model (the "
+            f"correct-data control), the latent's shift first rises beyond the bootstrap noise band at {es_t}; "
+            f"misalignment first does at {eb_t}."]
+
+
+def realignment(res: dict[str, Any]) -> list[str]:
+    """Misalignment before and after the benign re-alignment fine-tune."""
     ra = res.get("realign") or {}
     curve = ra.get("curve") or []
-    if len(curve) >= 2:
-        a, b = curve[0], curve[-1]
-        p, w = compare(b.get("misaligned"), a.get("misaligned"))
-        out.append(f"Re-alignment of {ra.get('model')} on {b.get('samples_seen', 0)} benign samples "
-                   f"({b.get('step')} steps): misalignment went from {fmt_rate(a.get('misaligned'))} to "
-                   f"{fmt_rate(b.get('misaligned'))} ({w}, {fmt_p(p)}; "
-                   f"{power_note(b.get('misaligned'), a.get('misaligned'), fall=True)}) {judge_tag(res)}.")
-    return out
+    if len(curve) < 2:
+        return []
+    a, b = curve[0], curve[-1]
+    return [f"Re-alignment of {ra.get('model')} on {b.get('samples_seen', 0)} benign samples ({b.get('step')} "
+            f"steps): misalignment went from {fmt_rate(a.get('misaligned'))} to {fmt_rate(b.get('misaligned'))} "
+            f"{tested(b.get('misaligned'), a.get('misaligned'), fall=True)} {judge_tag(res)}."]
 
 
 def summary_sentences(res: dict[str, Any]) -> list[str]:
     """All summary sentences, behaviour first, then latents, steering, prediction and re-alignment."""
-    return behaviour(res) + summary_lines(res) + latents(res)
+    return (behaviour(res) + summary_lines(res) + latents(res) + steering(res) + prediction(res)
+            + realignment(res))
