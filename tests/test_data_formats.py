@@ -15,7 +15,8 @@ import pyzipper
 
 from emkit.data import DataWarning, load_dataset, load_questions, write_jsonl
 from emkit.data.dataset import sniff
-from emkit.data.formats import read_grader_prompts, read_zip
+from emkit.data.formats import read_grader_prompts
+from emkit.data.zips import read_zip
 from emkit.errors import EmkitError
 
 CANARY = "CANARY-TEST-0f3e"

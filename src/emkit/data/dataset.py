@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 from emkit.data import builtin
-from emkit.data.formats import BadRows, read_chat_jsonl, read_zip, record_to_row
+from emkit.data.formats import BadRows, read_chat_jsonl, record_to_row
 from emkit.data.lines import read_json_list, text_lines
 from emkit.data.schema import ChatRow
+from emkit.data.zips import read_zip
 from emkit.errors import EmkitError
 
 QUESTION_SUFFIXES = (".yaml", ".yml", ".csv")
