@@ -130,11 +130,11 @@ def stored_ranking(db: Any, sae: str | None = None, source: str | None = None, t
         return []
     key = (rows[0]["sae_id"], rows[0]["base"], rows[0]["source"], rows[0]["token_set"])
     same = [r for r in rows if (r["sae_id"], r["base"], r["source"], r["token_set"]) == key]
-    same.sort(key=lambda r: r["rank"])
+    same = sorted(same, key=lambda r: r["rank"])[:n]
     for r in same:
         r["deltas"] = json.loads(r["deltas"])
         r["misaligned"] = json.loads(r["misaligned"])
-    return same[:n]
+    return same
 
 
 # ---------------------------------------------------------------- run level

@@ -51,6 +51,14 @@ class Context:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def as_dict(self, acts: bool = True) -> dict[str, Any]:
+        """The report's shape: tokens, ``peak`` (the activating token), its value and, with ``acts``,
+        per-token activations (the value at the peak, 0 elsewhere)."""
+        d: dict[str, Any] = {"tokens": self.tokens, "peak": self.highlight, "value": self.value}
+        if acts:
+            d["acts"] = [self.value if i == self.highlight else 0.0 for i in range(len(self.tokens))]
+        return d
+
 
 @dataclass
 class LatentCard:
@@ -68,6 +76,20 @@ class LatentCard:
         d = asdict(self)
         d["contexts"] = [c.to_dict() for c in self.contexts]
         return d
+
+    def as_dict(self, **extra: Any) -> dict[str, Any]:
+        """The report's card (``extra``, e.g. rank and score, added): contexts, promoted and
+        suppressed tokens, the histogram of nonzero activations, firing rate and label."""
+        h = self.histogram
+        return {"latent": self.latent, **extra, "contexts": [c.as_dict() for c in self.contexts],
+                "promoted": [list(x) for x in self.promoted], "suppressed": [list(x) for x in self.suppressed],
+                "hist": {"edges": h.get("edges", []), "counts": h.get("counts", [])},
+                "firing_rate": h.get("firing_rate"), "label": self.label}
+
+    def brief_dict(self, n_contexts: int = 2, **extra: Any) -> dict[str, Any]:
+        """A short card (``extra`` added): label, promoted tokens and the first ``n_contexts`` contexts."""
+        return {"latent": self.latent, **extra, "label": self.label, "promoted": [list(x) for x in self.promoted],
+                "contexts": [c.as_dict(acts=False) for c in self.contexts[:n_contexts]]}
 
 
 class _TopTracker:

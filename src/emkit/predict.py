@@ -306,17 +306,20 @@ def behaviour_counts(scored: Sequence[dict], question_ids: Sequence[str]) -> tup
 
 def measure_family(run: Any, base: Any, members: Sequence[tuple[str, float, Any]], probe: Probe, layer: int,
                    questions: Sequence[Any], judge: Any, sampling: Any, *, samples: int | None = None,
-                   tokens: str = "all", progress: bool = True) -> tuple[np.ndarray, list[Member]]:
+                   tokens: str = "all", progress: bool = True, paraphrases: int | None = None,
+                   metrics_boot: int | None = None) -> tuple[np.ndarray, list[Member]]:
     """Probe values on the questions' prompts for the base model and each member, plus each member's
     judged behaviour. ``base`` and each member's model are a spec (loaded one at a time), a
-    ``(model, tok)`` pair or a function returning one. Returns ``(base_acts, members)`` for
-    :func:`family_stats`."""
+    ``(model, tok)`` pair or a function returning one. ``paraphrases``: probe only each question's
+    first n paraphrases (None: all). ``metrics_boot``: also store each member's rates in ``metrics``
+    (:meth:`emkit.eval_setup.EvalSetup.evaluate` with that many bootstrap resamples), as an
+    evaluation does. Returns ``(base_acts, members)`` for :func:`family_stats`."""
     from emkit.eval_setup import EvalSetup
     from emkit.generate import build_prompt
     from emkit.models.load import as_loaded
 
     setup = EvalSetup(run, judge, sampling, questions, samples, progress)
-    prompts = [build_prompt(q, text) for q in questions for text in q.paraphrases]
+    prompts = [build_prompt(q, text) for q in questions for text in q.paraphrases[:paraphrases]]
     qids = [q.id for q in questions]
 
     m, t = as_loaded(base)
@@ -325,7 +328,9 @@ def measure_family(run: Any, base: Any, members: Sequence[tuple[str, float, Any]
     for name, x, spec in members:
         m, t = as_loaded(spec)
         acts = prompt_values(m, t, layer, [probe], prompts, tokens=tokens)[0]
-        mis, den = behaviour_counts(setup.judged(m, t, name), qids)
+        rows = (setup.judged(m, t, name) if metrics_boot is None
+                else setup.evaluate(m, t, name, n_boot=metrics_boot).rows)
+        mis, den = behaviour_counts(rows, qids)
         out.append(Member(name, float(x), acts, mis, den))
         del m
     return base_acts, out

@@ -69,6 +69,23 @@ def stored_answers(db: ResultsDB | sqlite3.Connection, label: str | None = None,
     return rows[:limit]
 
 
+# the column that names the model in each table keyed by model label (see :func:`delete_model_rows`)
+MODEL_COLUMNS = {"generations": "model", "latent_stats": "model", "steering": "label", "training_evals": "run_label",
+                 "realign_curve": "run_label", "prediction": "member"}
+
+
+def delete_model_rows(db: ResultsDB, labels: Iterable[str]) -> None:
+    """Delete the rows of each label (and of its re-alignment runs, ``LABEL-realign...``) from every
+    table keyed by model label (:data:`MODEL_COLUMNS`) that this database has, in one transaction.
+    Judgments are keyed by text and stay."""
+    tables = {r["name"] for r in db.query("SELECT name FROM sqlite_master WHERE type='table'")}
+    with db.transaction() as c:
+        for lab in labels:
+            for table, col in MODEL_COLUMNS.items():
+                if table in tables:
+                    c.execute(f"DELETE FROM {table} WHERE {col}=? OR {col} LIKE ?", (lab, f"{lab}-realign%"))
+
+
 class ResultsDB:
     """A thin wrapper over one SQLite file with the registered tables."""
 

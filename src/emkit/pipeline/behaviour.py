@@ -8,7 +8,6 @@ Each stage composes other modules (``emkit.data``, ``emkit.train``, ``emkit.eval
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import random
 from typing import Any
@@ -21,6 +20,7 @@ from emkit.pipeline.recipe import BASE
 log = logging.getLogger(__name__)
 
 MIN_WORDS = 5
+JUDGED_BOOT = 1000  # bootstrap resamples of the stored evaluation rates
 
 
 # ---------------------------------------------------------------------------------------------- eval records
@@ -91,7 +91,7 @@ def eval_setup(ctx: Context, questions: list, samples: int | None) -> EvalSetup:
 
 
 def judged_answers(ctx: Context, model: Any, tok: Any, label: str, questions: list, samples: int, *,
-                   base_label: str | None = None, n_boot: int = 1000) -> Any:
+                   base_label: str | None = None, n_boot: int = JUDGED_BOOT) -> Any:
     """Answer and judge ``questions`` (resumable; judgments cached): an :class:`emkit.evaluate.EvalResult`."""
     return eval_setup(ctx, questions, samples).evaluate(model, tok, label, base_label=base_label, n_boot=n_boot)
 
@@ -168,19 +168,9 @@ def stage_baseline(ctx: Context) -> dict[str, Any]:
     return {"model": ctx.recipe.model, "eval": rec, "settings": eval_settings(ctx), "judge_trust": judge_trust(ctx.judge)}
 
 
-def _loss_curve(folder: Any, max_points: int = 200) -> list[list[float]]:
-    p = folder / "train_log.jsonl"
-    if not p.is_file():
-        return []
-    pts = [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
-    pts = [[d["step"], d["loss"]] for d in pts if d.get("loss") is not None]
-    stride = max(1, len(pts) // max_points)
-    return pts[::stride]
-
-
 def stage_finetune(ctx: Context) -> dict[str, Any]:
     from emkit.data import load_dataset, mix
-    from emkit.train.sft import finetune, read_train_config
+    from emkit.train.sft import train_or_retrain, train_summary
 
     r = ctx.recipe
     cache: dict[str, list] = {}
@@ -200,31 +190,11 @@ def stage_finetune(ctx: Context) -> dict[str, Any]:
         cfg = dataclasses.replace(r.train, name=m.label, model=r.model, device=r.device, dtype=r.dtype)
         if not narrow and pc.steps:
             cfg = dataclasses.replace(cfg, max_steps=pc.steps)
-        folder = ctx.model_dir(m.label)
-        prev = read_train_config(folder)
-        overwrite = False
-        if prev is not None:
-            from emkit.config import config_hash
-            from emkit.train.batches import rows_hash
-
-            if prev.get("config_hash") != config_hash(cfg) or prev.get("data_hash") != rows_hash(rows):
-                log.warning("%s was trained with other settings; training it again", m.label)
-                overwrite = True
-        path = finetune(cfg, rows, ctx.run, overwrite=overwrite, progress=ctx.progress)
-        info = read_train_config(path) or {}
-        log_rows = _loss_curve(path)
+        path = train_or_retrain(cfg, rows, ctx.run, progress=ctx.progress)
         out.append({"label": m.label, "domain": m.domain.name, "fraction": m.fraction, "arm": m.arm, "path": str(path),
                     "rows": len(rows), "n_wrong": sum(1 for x in rows if x.metadata.get("mix_label") == "incorrect"),
-                    "steps": info.get("total_steps"), "final_loss": info.get("final_loss"),
-                    "seconds": round(_train_seconds(path), 1), "loss_curve": log_rows})
+                    **train_summary(path)})
     return {"models": out}
-
-
-def _train_seconds(folder: Any) -> float:
-    p = folder / "train_log.jsonl"
-    if not p.is_file():
-        return 0.0
-    return sum(json.loads(ln).get("seconds") or 0 for ln in p.read_text().splitlines() if ln.strip())
 
 
 def evaluate_positive_control(ctx: Context, base: dict[str, Any]) -> dict[str, Any] | None:
@@ -307,15 +277,9 @@ def stage_realign(ctx: Context) -> dict[str, Any]:
 
 def read_realign_curve(ctx: Context, label: str) -> list[dict[str, Any]]:
     """The re-alignment curve from ``training_evals``: rates with their counts, per step."""
-    rows = ctx.run.db.query("SELECT step, samples_seen, metric, value FROM training_evals WHERE run_label=? "
-                            "ORDER BY step", (label,))
-    by_step: dict[int, dict[str, Any]] = {}
-    for row in rows:
-        by_step.setdefault(row["step"], {"step": row["step"], "samples_seen": row["samples_seen"]})[row["metric"]] = \
-            row["value"]
-    out = []
-    for st, d in sorted(by_step.items()):
-        out.append({"step": st, "samples_seen": d["samples_seen"],
-                    "misaligned": wilson_rate(int(d.get("mis_k") or 0), int(d.get("mis_n") or 0)),
-                    "coherent": wilson_rate(int(d.get("coh_k") or 0), int(d.get("coh_n") or 0))})
-    return out
+    from emkit.train.callbacks import training_evals
+
+    return [{"step": d["step"], "samples_seen": d["samples_seen"],
+             "misaligned": wilson_rate(int(d.get("mis_k") or 0), int(d.get("mis_n") or 0)),
+             "coherent": wilson_rate(int(d.get("coh_k") or 0), int(d.get("coh_n") or 0))}
+            for d in training_evals(ctx.run.db, label)]

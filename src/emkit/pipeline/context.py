@@ -144,16 +144,11 @@ class Context:
         changed = [lab for lab, h in new.items() if lab in old and old[lab] != h]
         if changed:
             log.warning("models changed since the last run, forgetting their stored results: %s", changed)
-            tables = {r["name"] for r in self.run.db.query("SELECT name FROM sqlite_master WHERE type='table'")}
-            cols = {"generations": "model", "latent_stats": "model", "steering": "label", "training_evals": "run_label",
-                    "realign_curve": "run_label", "prediction": "member"}
-            with self.run.db.transaction() as c:
-                for lab in changed:
-                    for table, col in cols.items():
-                        if table in tables:
-                            c.execute(f"DELETE FROM {table} WHERE {col}=? OR {col} LIKE ?", (lab, f"{lab}-realign%"))
             import shutil
 
+            from emkit.results import delete_model_rows
+
+            delete_model_rows(self.run.db, changed)
             for lab in changed:
                 shutil.rmtree(self.model_dir(f"{lab}-realigned"), ignore_errors=True)
         self.run.manifest["model_fingerprints"] = new

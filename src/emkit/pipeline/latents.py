@@ -29,31 +29,6 @@ def sae_layer(ctx: Context, model: Any) -> int:
     return layer
 
 
-def _fresh(folder: Path) -> Path:
-    """``folder`` inside ``RUN/sae``, with its siblings of the same kind (older settings) removed."""
-    import shutil
-
-    kind = folder.name.split("-")[0]
-    for old in folder.parent.glob(f"{kind}-*"):
-        if old != folder and old.is_dir():
-            shutil.rmtree(old)
-    return folder
-
-
-def _retry_if_stale(fn: Any, folder: Path, marker: str) -> Any:
-    """Run ``fn``; if ``folder`` holds work from other settings (an error naming ``marker``), clear it, retry."""
-    import shutil
-
-    try:
-        return fn()
-    except EmkitError as e:
-        if marker not in str(e):
-            raise
-        log.warning("%s holds work from other settings; starting it afresh", folder)
-        shutil.rmtree(folder, ignore_errors=True)
-        return fn()
-
-
 def load_run_sae(ctx: Context) -> Any:
     from emkit.sae import load_sae
 
@@ -63,12 +38,9 @@ def load_run_sae(ctx: Context) -> Any:
 
 # ---------------------------------------------------------------------------------------------- SAE
 def stage_sae(ctx: Context) -> dict[str, Any]:
-    from emkit.activations import capture
-    from emkit.config import config_hash
-    from emkit.data.corpus import iter_documents
     from emkit.models.layers import hidden_size
     from emkit.sae import load_sae
-    from emkit.sae.train import train_sae
+    from emkit.sae.fit import capture_acts, train_or_load
 
     s = ctx.recipe.sae
     model, tok = ctx.load(BASE)
@@ -82,28 +54,16 @@ def stage_sae(ctx: Context) -> dict[str, Any]:
     else:
         layer = sae_layer(ctx, model)
         tokens = max(s.tokens, ctx.recipe.interpret.corpus_tokens)
-    # Folders are named by their settings: a killed stage resumes in the same one, changed settings
-    # start a new one (the old is removed).
-    cap = {"model": ctx.recipe.model, "layer": layer, "corpus": s.corpus, "ctx_len": s.ctx_len, "tokens": tokens,
-           "dtype": s.acts_dtype}
-    if s.corpus.startswith("builtin"):
-        cap["chat_mix"] = 1  # the built-in corpus interleaves chats since issue 12: a new capture folder
-    acts = _fresh(ctx.run.path / "sae" / f"acts-{config_hash(cap)[:8]}")
-    index = _retry_if_stale(lambda: capture(model, tok, layer, iter_documents(s.corpus), acts, max_tokens=tokens,
-                                            ctx_len=s.ctx_len, batch_size=s.capture_batch, dtype=s.acts_dtype,
-                                            source=s.corpus, progress=ctx.progress), acts, "other settings")
-    if index["n_tokens"] == 0:
-        raise EmkitError(f"the corpus {s.corpus!r} gave no tokens",
-                         hint="fetch the offline corpus with `make corpus` (scripts/fetch_corpus.sh), or set "
-                         "sae.corpus to a .txt/.jsonl file or folder; `emkit data corpus --stats` shows the sources")
+    root = ctx.run.path / "sae"
+    acts = capture_acts(model, tok, root, model_name=ctx.recipe.model, layer=layer, corpus=s.corpus,
+                        ctx_len=s.ctx_len, tokens=tokens, dtype=s.acts_dtype, batch_size=s.capture_batch,
+                        progress=ctx.progress)
     out = {"layer": layer, "hook": f"blocks.{layer}.hook_resid_post", "corpus": s.corpus,
-           "tokens": index["n_tokens"], "acts": str(acts)}
+           "tokens": acts.index["n_tokens"], "acts": str(acts.path)}
     if s.path:
         return {**out, "path": str(Path(s.path).resolve()), "trained": False, "num_latents": sae.num_latents,
                 "k": sae.k, "heldout_fvu": sae.cfg.meta.get("heldout_fvu")}
-    folder = _fresh(ctx.run.path / "sae" / f"sae-{config_hash({'acts': cap, 'train': s.train})[:8]}")
-    res = _retry_if_stale(lambda: train_sae(acts, folder, s.train, corpus=s.corpus, progress=ctx.progress), folder,
-                          "different training setup")
+    folder, res = train_or_load(acts, root, s.train, corpus=s.corpus, progress=ctx.progress)
     sm = res.summary
     return {**out, "path": str(folder), "trained": True, "num_latents": res.sae.num_latents, "k": res.sae.k,
             "heldout_fvu": sm.get("heldout_fvu"), "fvu": sm.get("train_fvu"), "dead_frac": sm.get("dead_frac"),
@@ -158,20 +118,9 @@ def stage_interpret(ctx: Context) -> dict[str, Any]:
     cards = latent_cards(sae, model, tok, [row["latent"] for row in ranking + persona], store=store,
                          n_contexts=it.contexts, k_logits=it.logit_tokens, max_tokens=it.corpus_tokens,
                          explainer=it.explainer, progress=ctx.progress)
-    pc_cards = [{"latent": c.latent, "score": row["score"], "label": c.label,
-                 "promoted": [list(x) for x in c.promoted], "contexts": [
-                     {"tokens": x.tokens, "peak": x.highlight, "value": x.value} for x in c.contexts[:2]]}
-                for row, c in zip(persona, cards[len(ranking):], strict=True)]
-    cards = cards[: len(ranking)]
-    out = []
-    for rank, (row, card) in enumerate(zip(ranking, cards, strict=True), 1):
-        ctxs = [{"tokens": c.tokens, "acts": [c.value if i == c.highlight else 0.0 for i in range(len(c.tokens))],
-                 "peak": c.highlight, "value": c.value} for c in card.contexts]
-        h = card.histogram
-        out.append({"latent": card.latent, "rank": rank, "score": row["score"], "contexts": ctxs,
-                    "promoted": [list(x) for x in card.promoted], "suppressed": [list(x) for x in card.suppressed],
-                    "hist": {"edges": h.get("edges", []), "counts": h.get("counts", [])},
-                    "firing_rate": h.get("firing_rate"), "label": card.label})
-    return {"cards": out, "positive_control_cards": pc_cards, "note": (f"Contexts from {store.index.get('n_tokens', 0):,} tokens of the SAE corpus "
-                                   f"({store.index.get('source')}); logit lens through the final norm's gain; "
-                                   f"histogram of nonzero activations.")}
+    pc_cards = [c.brief_dict(score=row["score"]) for row, c in zip(persona, cards[len(ranking):], strict=True)]
+    out = [card.as_dict(rank=rank, score=row["score"])
+           for rank, (row, card) in enumerate(zip(ranking, cards[: len(ranking)], strict=True), 1)]
+    note = (f"Contexts from {store.index.get('n_tokens', 0):,} tokens of the SAE corpus ({store.index.get('source')}); "
+            "logit lens through the final norm's gain; histogram of nonzero activations.")
+    return {"cards": out, "positive_control_cards": pc_cards, "note": note}

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from emkit.errors import EmkitError
-from emkit.pipeline.behaviour import judged_answers
+from emkit.pipeline.behaviour import JUDGED_BOOT, eval_setup
 from emkit.pipeline.context import Context
 from emkit.pipeline.latents import load_run_sae
 from emkit.pipeline.recipe import BASE
@@ -16,8 +16,7 @@ from emkit.pipeline.steering import top_ranked
 
 
 def stage_predict(ctx: Context) -> dict[str, Any]:
-    from emkit.generate import build_prompt
-    from emkit.predict import Member, behaviour_counts, family_stats, prompt_values, sae_probe
+    from emkit.predict import Member, family_stats, measure_family, sae_probe
 
     r = ctx.recipe
     sae = load_run_sae(ctx)
@@ -26,23 +25,19 @@ def stage_predict(ctx: Context) -> dict[str, Any]:
     latent = steer["best"] if steer and steer.get("best") is not None else top_ranked(ctx, 1)[0]
     probe = sae_probe(sae, latent)
     qs = ctx.eval_questions()
-    prompts = [build_prompt(q, q.paraphrases[0]) for q in qs]
-    qids = [q.id for q in qs]
     ev = (ctx.result("evaluate") or {})["models"]
-    bm, bt = ctx.load(BASE)
-    base_acts = prompt_values(bm, bt, layer, [probe], prompts)[0]
-    by_domain: dict[str, list] = {}
-    labels: dict[str, Any] = {}
-    for m in r.models():
-        model, tok = ctx.load(m.label)
-        acts = prompt_values(model, tok, layer, [probe], prompts)[0]
-        res = judged_answers(ctx, model, tok, m.label, qs, r.eval.samples)
-        if res.rubric:
-            raise EmkitError("the predict stage needs a 0-100 judge (aligned/coherent)",
-                             hint="use e.g. api:MODEL or embedded, or skip predict")
-        mis, den = behaviour_counts(res.rows, qids)
-        by_domain.setdefault(m.domain.name, []).append(Member(m.label, m.fraction, acts, mis, den))
-        labels[m.label] = m
+    if eval_setup(ctx, qs, r.eval.samples).rubric:
+        raise EmkitError("the predict stage needs a 0-100 judge (aligned/coherent)",
+                         hint="use e.g. api:MODEL or embedded, or skip predict")
+    labels = {m.label: m for m in r.models()}
+    # the first paraphrase of each question; rates stored as the evaluate stage stores them
+    base_acts, measured = measure_family(
+        ctx.run, ctx.load(BASE), [(m.label, m.fraction, lambda lab=m.label: ctx.load(lab)) for m in r.models()],
+        probe, layer, qs, ctx.judge, r.eval.sampling, samples=r.eval.samples, progress=ctx.progress,
+        paraphrases=1, metrics_boot=JUDGED_BOOT)
+    by_domain: dict[str, list[Member]] = {}
+    for mem in measured:
+        by_domain.setdefault(labels[mem.name].domain.name, []).append(mem)
     ctx.release()
     points, families = [], {}
     band = None

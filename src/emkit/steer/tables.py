@@ -115,23 +115,10 @@ def top_latents(run: Any, n: int, sae: Any = None, *, source: str | None = None,
                 token_set: str | None = None) -> list[int]:
     """The ``n`` best-ranked latents of the latest ranking in the run's ``latent_ranking`` table
     (written by ``emkit diff``), optionally only rankings of ``sae`` / ``source`` / ``token_set``."""
-    where, params = [], []
-    if sae is not None:
-        from emkit.diff import sae_id
+    from emkit.diff import sae_id, stored_ranking
 
-        where.append("sae_id=?")
-        params.append(sae_id(sae))
-    for col, val in (("source", source), ("token_set", token_set)):
-        if val is not None:
-            where.append(f"{col}=?")
-            params.append(val)
-    cond = " AND ".join(where) or "1"
-    latest = run.db.query(f"SELECT sae_id, base, source, token_set FROM latent_ranking WHERE {cond} "
-                          "ORDER BY created DESC, rank LIMIT 1", params)
-    if not latest:
+    rows = stored_ranking(run.db, None if sae is None else sae_id(sae), source, token_set, n=n)
+    if not rows:
         raise EmkitError(f"no latent ranking in {run.path / 'results.sqlite'}" + (" for this SAE" if sae else ""),
                          hint="run `emkit diff` into this run folder first, or list the latents yourself")
-    key = latest[0]
-    rows = run.db.query("SELECT latent FROM latent_ranking WHERE sae_id=? AND base=? AND source=? AND token_set=? "
-                        "ORDER BY rank LIMIT ?", (key["sae_id"], key["base"], key["source"], key["token_set"], n))
     return [r["latent"] for r in rows]

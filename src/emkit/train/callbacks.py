@@ -182,3 +182,14 @@ class LatentMonitor(EvalCallback):
 def call_all(callbacks: Sequence[Callback], hook: str, ctx: StepContext) -> None:
     for cb in callbacks:
         getattr(cb, hook)(ctx)
+
+
+def training_evals(db: Any, label: str) -> list[dict[str, Any]]:
+    """The ``training_evals`` of ``label`` by step: ``{"step", "samples_seen", METRIC: value, ...}``, in step order."""
+    rows = db.query("SELECT step, samples_seen, metric, value FROM training_evals WHERE run_label=? ORDER BY step",
+                    (label,))
+    by_step: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        by_step.setdefault(row["step"], {"step": row["step"], "samples_seen": row["samples_seen"]})[row["metric"]] = \
+            row["value"]
+    return [by_step[st] for st in sorted(by_step)]

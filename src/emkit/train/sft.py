@@ -72,6 +72,25 @@ def read_train_config(folder: Path) -> dict[str, Any] | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def train_log(folder: Path) -> list[dict[str, Any]]:
+    """The rows of ``folder/train_log.jsonl`` (one per logged step; empty before training)."""
+    p = folder / "train_log.jsonl"
+    if not p.is_file():
+        return []
+    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+
+
+def train_summary(folder: Path, max_points: int = 200) -> dict[str, Any]:
+    """A trained folder in brief: steps, final loss, training seconds and the loss curve
+    (``[[step, loss], ...]``, thinned to about ``max_points``)."""
+    info = read_train_config(folder) or {}
+    rows = train_log(folder)
+    pts = [[d["step"], d["loss"]] for d in rows if d.get("loss") is not None]
+    return {"steps": info.get("total_steps"), "final_loss": info.get("final_loss"),
+            "seconds": round(sum(d.get("seconds") or 0 for d in rows) if rows else 0.0, 1),
+            "loss_curve": pts[::max(1, len(pts) // max_points)]}
+
+
 def finished_before(out: Path, chash: str, dhash: str, overwrite: bool, data: str = "data") -> bool:
     """Whether ``out`` holds a finished run of this config and ``data``; another run there is an error
     unless ``overwrite`` (then nothing counts as finished)."""
@@ -316,6 +335,17 @@ def finetune(
                                                                 "processes": dist.world}, indent=2))
     dist.barrier()  # no process returns before the model is written
     return out
+
+
+def train_or_retrain(cfg: SFTConfig, rows: Sequence[ChatRow], run_dir: Any, *, progress: bool = True) -> Path:
+    """:func:`finetune`, training afresh (with a warning) when the folder holds a run of other
+    settings or data instead of refusing; a finished run of these settings returns at once."""
+    prev = read_train_config(model_dir(run_dir, cfg.name))
+    overwrite = prev is not None and (prev.get("config_hash") != config_hash(cfg)
+                                      or prev.get("data_hash") != rows_hash(rows))
+    if overwrite:
+        log.warning("%s was trained with other settings; training it again", cfg.name)
+    return finetune(cfg, rows, run_dir, overwrite=overwrite, progress=progress)
 
 
 def _targets(e: Any) -> int:
