@@ -8,7 +8,6 @@ Each stage composes other modules (``emkit.data``, ``emkit.train``, ``emkit.eval
 from __future__ import annotations
 
 import dataclasses
-import logging
 import random
 from typing import Any
 
@@ -16,8 +15,6 @@ from emkit.errors import EmkitError
 from emkit.eval_setup import EvalSetup
 from emkit.pipeline.context import Context
 from emkit.pipeline.recipe import BASE
-
-log = logging.getLogger(__name__)
 
 MIN_WORDS = 5
 JUDGED_BOOT = 1000  # bootstrap resamples of the stored evaluation rates

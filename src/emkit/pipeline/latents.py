@@ -1,21 +1,18 @@
 """Latent stages: train (or load) the SAE, diff the fine-tunes, interpret the top latents.
 
-These compose ``emkit.activations``, ``emkit.sae``, ``emkit.diff`` and ``emkit.interpret``; each
+These compose ``emkit.sae.fit``, ``emkit.diff`` and ``emkit.interpret``; each
 returns the JSON-able summary the report reads. Steering and prediction are in
 :mod:`emkit.pipeline.steering` and :mod:`emkit.pipeline.prediction`.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 from emkit.errors import EmkitError
 from emkit.pipeline.context import Context
 from emkit.pipeline.recipe import BASE
-
-log = logging.getLogger(__name__)
 
 
 def sae_layer(ctx: Context, model: Any) -> int:
