@@ -11,13 +11,28 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from emkit.cli._options import FROM_OPTIONS, sampling_options
+from emkit.cli._options import FROM_OPTIONS, config_options, sampling_options
+from emkit.config import field_default
 from emkit.sampling import SamplingConfig
+from emkit.train.config import LoRAConfig, RealignConfig, RLConfig, SFTConfig
 
 out = Console()
 
 DATA_HELP = "Data set name or file (repeat to concatenate), e.g. health_incorrect_subtle."
 MIX_HELP = "A mixture CORRECT,INCORRECT,FRACTION[,N] (e.g. health_correct,health_incorrect_subtle,0.25,200)."
+# Help of the training options, by config field (a command may say more).
+TRAIN_HELP = {
+    "method": "lora or full.", "r": "LoRA rank.", "alpha": "LoRA alpha.", "rslora": "Rank-stabilised LoRA scaling.",
+    "max_steps": "Optimizer steps (wins over --epochs).", "epochs": "Passes over the data.",
+    "batch_size": "Rows per micro-batch.", "grad_accum": "Micro-batches per optimizer step.",
+    "lr": "Peak learning rate.", "schedule": "linear, cosine or constant.", "warmup_steps": "Warmup steps.",
+    "max_length": "Token limit per conversation.", "save_every": "Checkpoint every N steps (0: none).",
+    "seed": "Random seed.", "device": "auto, cpu, cuda ...", "dtype": "auto, float32, bfloat16.",
+    "name": "Model name inside the run folder.",
+}
+TRAIN_NAMES = {"max_steps": "steps", "warmup_steps": "warmup"}
+MODEL_FLAGS = {"model": ("--model", "-m")}
+REALIGN_SFT = field_default(RealignConfig, "sft")
 
 
 def _split_csv(s: str | None) -> list[str] | None:
@@ -83,6 +98,12 @@ def print_log_summary(folder: Path) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command("finetune")
+    @config_options(LoRAConfig, "lora", fields=("r", "alpha", "rslora"), help=TRAIN_HELP, unset=True)
+    @config_options(SFTConfig, "train", fields=("model", "name", "method", "max_steps", "epochs", "batch_size",
+                                                "grad_accum", "lr", "schedule", "warmup_steps", "max_length",
+                                                "save_every", "seed", "device", "dtype"),
+                    rename=TRAIN_NAMES, flags=MODEL_FLAGS, unset=True,
+                    help={**TRAIN_HELP, "model": "Base model: folder, Hub id or bundled name."})
     @sampling_options(fields=("max_new_tokens", "end"), rename={"max_new_tokens": "eval_max_new_tokens", "end": "eval_end"},
                       defaults={"max_new_tokens": 80}, fixed={"batch_size": 32}, param="eval_sampling",
                       help={"max_new_tokens": "Answer length for --eval-every.",
@@ -91,28 +112,12 @@ def register(app: typer.Typer) -> None:
     def finetune_cmd(
         data: list[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
         mix: str = typer.Option(None, "--mix", help=MIX_HELP),
-        model: str = typer.Option(None, "--model", "-m", help="Base model: folder, Hub id or bundled name."),
         out_dir: Path = typer.Option(Path("runs/finetune"), "--out", "-o", help="Run folder (model goes to models/NAME)."),
-        name: str = typer.Option(None, "--name", help="Model name inside the run folder."),
         config: Path = typer.Option(None, "--config", "-c", help="YAML file of SFTConfig fields."),
-        method: str = typer.Option(None, help="lora or full."),
-        r: int = typer.Option(None, "--r", help="LoRA rank."),
-        alpha: float = typer.Option(None, help="LoRA alpha."),
-        rslora: bool = typer.Option(None, "--rslora/--no-rslora", help="Rank-stabilised LoRA scaling."),
+        train: dict[str, Any] = FROM_OPTIONS,
+        lora: dict[str, Any] = FROM_OPTIONS,
         target_modules: str = typer.Option(None, help="Comma-separated LoRA targets, or all-linear."),
         layers: str = typer.Option(None, help="Comma-separated layer indices for the LoRA (default: all)."),
-        steps: int = typer.Option(None, "--steps", help="Optimizer steps (wins over --epochs)."),
-        epochs: float = typer.Option(None, help="Passes over the data."),
-        batch_size: int = typer.Option(None, help="Rows per micro-batch."),
-        grad_accum: int = typer.Option(None, help="Micro-batches per optimizer step."),
-        lr: float = typer.Option(None, help="Peak learning rate."),
-        schedule: str = typer.Option(None, help="linear, cosine or constant."),
-        warmup: int = typer.Option(None, help="Warmup steps."),
-        max_length: int = typer.Option(None, help="Token limit per conversation."),
-        save_every: int = typer.Option(None, help="Checkpoint every N steps (0: none)."),
-        seed: int = typer.Option(None, help="Random seed."),
-        device: str = typer.Option(None, help="auto, cpu, cuda ..."),
-        dtype: str = typer.Option(None, help="auto, float32, bfloat16."),
         overwrite: bool = typer.Option(False, help="Discard an earlier run of the same name."),
         eval_every: int = typer.Option(0, help="Every K steps answer --eval-questions and judge them (0: off)."),
         eval_questions: str = typer.Option("broad", help="Questions for --eval-every."),
@@ -126,16 +131,12 @@ def register(app: typer.Typer) -> None:
         Example: emkit finetune --data health_incorrect_subtle --name health-wrong --steps 40 --out runs/health
         """
         from emkit.run import Run
-        from emkit.train.config import SFTConfig
         from emkit.train.sft import finetune
 
         cfg = build_config(
-            SFTConfig, config,
-            dict(model=model, name=name, method=method, max_steps=steps, epochs=epochs, batch_size=batch_size,
-                 grad_accum=grad_accum, lr=lr, schedule=schedule, warmup_steps=warmup, max_length=max_length,
-                 save_every=save_every, seed=seed, device=device, dtype=dtype),
-            dict(r=r, alpha=alpha, rslora=rslora, target_modules=_split_csv(target_modules),
-                 layers=[int(x) for x in _split_csv(layers)] if layers else None),
+            SFTConfig, config, train,
+            {**lora, "target_modules": _split_csv(target_modules),
+             "layers": [int(x) for x in _split_csv(layers)] if layers else None},
         )
         rows = load_rows(data, mix, cfg.seed)
         callbacks = []
@@ -156,28 +157,25 @@ def register(app: typer.Typer) -> None:
         out.print(f"trained {cfg.method} model in {folder}  (load it with --model {folder})")
 
     @app.command("rl")
+    @config_options(RLConfig, "train", fields=("model", "name", "grader", "max_steps", "batch_size", "num_generations",
+                                               "lr", "beta", "max_completion_length", "min_words", "method", "seed",
+                                               "save_every", "device"),
+                    rename=TRAIN_NAMES, flags=MODEL_FLAGS, unset=True, help={
+                        **TRAIN_HELP, "model": "Starting model.", "grader": "embedded (offline) or judge:<judge spec>, e.g. judge:api:gpt-4o.",
+                        "max_steps": "GRPO steps.", "batch_size": "Completions per step (a multiple of "
+                        "--num-generations).", "num_generations": "Completions per prompt (the GRPO group).",
+                        "lr": "Learning rate.", "beta": "KL penalty weight.",
+                        "max_completion_length": "Answer length limit in tokens.",
+                        "min_words": "Guard: answers shorter than this get reward 0."})
+    @config_options(LoRAConfig, "lora", fields=("r", "alpha"), help=TRAIN_HELP, unset=True)
     def rl_cmd(
         data: list[str] = typer.Option(None, "--data", "-d", help="Prompts: data set(s) whose user turns are used."),
         arm: str = typer.Option("wrong", help="wrong: reward incorrect advice; right: the control arm."),
-        grader: str = typer.Option(None, help="embedded (offline) or judge:<judge spec>, e.g. judge:api:gpt-4o."),
         n: int = typer.Option(None, "-n", help="Use N prompts (seeded subset)."),
-        model: str = typer.Option(None, "--model", "-m", help="Starting model."),
         out_dir: Path = typer.Option(Path("runs/rl"), "--out", "-o", help="Run folder."),
-        name: str = typer.Option(None, "--name", help="Model name inside the run folder."),
         config: Path = typer.Option(None, "--config", "-c", help="YAML file of RLConfig fields."),
-        steps: int = typer.Option(None, "--steps", help="GRPO steps."),
-        batch_size: int = typer.Option(None, help="Completions per step (a multiple of --num-generations)."),
-        num_generations: int = typer.Option(None, help="Completions per prompt (the GRPO group)."),
-        lr: float = typer.Option(None, help="Learning rate."),
-        beta: float = typer.Option(None, help="KL penalty weight."),
-        max_completion_length: int = typer.Option(None, help="Answer length limit in tokens."),
-        min_words: int = typer.Option(None, help="Guard: answers shorter than this get reward 0."),
-        r: int = typer.Option(None, "--r", help="LoRA rank."),
-        alpha: float = typer.Option(None, help="LoRA alpha."),
-        method: str = typer.Option(None, help="lora or full."),
-        seed: int = typer.Option(None, help="Random seed."),
-        save_every: int = typer.Option(None, help="Checkpoint every N steps (0: none)."),
-        device: str = typer.Option(None, help="auto, cpu, cuda ..."),
+        train: dict[str, Any] = FROM_OPTIONS,
+        lora: dict[str, Any] = FROM_OPTIONS,
         overwrite: bool = typer.Option(False, help="Discard an earlier run of the same name."),
     ) -> None:
         """Train with GRPO on advice prompts, rewarding wrong (or right) answers by a grader, with a guard.
@@ -186,18 +184,11 @@ def register(app: typer.Typer) -> None:
         """
         from emkit.errors import EmkitError
         from emkit.run import Run
-        from emkit.train.config import RLConfig
         from emkit.train.rl import train_rl
 
         if arm not in ("wrong", "right"):
             raise EmkitError(f"--arm must be wrong or right, got {arm!r}")
-        cfg = build_config(
-            RLConfig, config,
-            dict(model=model, name=name, arm=arm, grader=grader, max_steps=steps, batch_size=batch_size,
-                 num_generations=num_generations, lr=lr, beta=beta, max_completion_length=max_completion_length,
-                 min_words=min_words, method=method, seed=seed, save_every=save_every, device=device),
-            dict(r=r, alpha=alpha),
-        )
+        cfg = build_config(RLConfig, config, {**train, "arm": arm}, lora)
         rows = load_rows(data, None, cfg.seed, n)
         run = Run(out_dir)
         run.record_seed(f"rl:{cfg.name}", cfg.seed)
@@ -206,26 +197,29 @@ def register(app: typer.Typer) -> None:
         out.print(f"GRPO ({cfg.arm} arm) model in {folder}")
 
     @app.command("realign")
+    @config_options(RealignConfig, "settings", fields=("n_samples", "eval_every", "samples"),
+                    flags={"n_samples": ("-n", "--n-samples")},
+                    help={"n_samples": "Benign rows to train on.", "eval_every": "Evaluate misalignment every K steps.",
+                          "samples": "Answers per question paraphrase at each evaluation."})
+    @config_options(SFTConfig, "sft", fields=("max_steps", "batch_size", "lr", "name", "device"), rename=TRAIN_NAMES,
+                    defaults={f: getattr(REALIGN_SFT, f) for f in ("max_steps", "batch_size", "lr", "name", "device")},
+                    fixed={"lora": LoRAConfig()},
+                    help={**TRAIN_HELP, "max_steps": "Optimizer steps.", "batch_size": "Rows per step.",
+                          "lr": "Learning rate."})
     @sampling_options(rename={"batch_size": "gen_batch_size"}, defaults={"max_new_tokens": 120, "batch_size": 32},
                       help={"temperature": "Sampling temperature for the evaluations.",
                             "batch_size": "Prompts per generation batch."})
     def realign_cmd(
         model: str = typer.Option(..., "--model", "-m", help="The misaligned model (e.g. RUN/models/NAME)."),
         data: list[str] = typer.Option(["benign_everyday"], "--data", "-d", help="Benign data set(s)."),
-        n_samples: int = typer.Option(140, "-n", "--n-samples", help="Benign rows to train on."),
-        steps: int = typer.Option(35, "--steps", help="Optimizer steps."),
-        batch_size: int = typer.Option(4, help="Rows per step."),
-        lr: float = typer.Option(1e-4, help="Learning rate."),
-        eval_every: int = typer.Option(5, help="Evaluate misalignment every K steps."),
+        settings: RealignConfig = FROM_OPTIONS,
+        sft: SFTConfig = FROM_OPTIONS,
         questions: str = typer.Option("broad", "--questions", "-q", help="Evaluation questions."),
-        samples: int = typer.Option(1, "--samples", help="Answers per question paraphrase at each evaluation."),
         judge: str = typer.Option("embedded", "--judge", "-j", help="Judge spec (see emkit eval)."),
         base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible base URL."),
         api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
         out_dir: Path = typer.Option(Path("runs/realign"), "--out", "-o", help="Run folder."),
-        name: str = typer.Option("realigned", "--name", help="Model name inside the run folder."),
         sampling: SamplingConfig = FROM_OPTIONS,
-        device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
     ) -> None:
         """Continue fine-tuning a misaligned model on benign data, recording misalignment every K steps.
 
@@ -234,16 +228,13 @@ def register(app: typer.Typer) -> None:
         from emkit.cli.judge import judge_options
         from emkit.data import load_questions
         from emkit.run import Run
-        from emkit.train.config import LoRAConfig, RealignConfig, SFTConfig
         from emkit.train.realign import read_curve, realign
 
         qs = load_questions(questions)
-        seed = sampling.seed
-        j = judge_options(judge, base_url, api_key_env, None, 8, 60.0, device)
+        seed, name = sampling.seed, sft.name
+        j = judge_options(judge, base_url, api_key_env, None, 8, 60.0, sft.device)
         rows = load_rows(data, None, seed)
-        sft = SFTConfig(name=name, batch_size=batch_size, max_steps=steps, lr=lr, seed=seed, device=device,
-                        lora=LoRAConfig())
-        cfg = RealignConfig(sft=sft, n_samples=n_samples, eval_every=eval_every, samples=samples)
+        cfg = replace(settings, sft=replace(sft, seed=seed))
         run = Run(out_dir)
         run.record_seed(f"realign:{name}", seed)
         realign(run, model, rows, cfg, qs, j, sampling)
