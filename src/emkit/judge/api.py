@@ -209,6 +209,9 @@ class ApiJudge(BaseJudge):
         pool.shutdown(wait=True, cancel_futures=True)  # in-flight requests end within one timeout
         late = [(n, f.result()) for f, n in futures.items()
                 if n not in given and f.done() and not f.cancelled() and f.exception() is None]
+        if isinstance(error, _Stopped):  # a worker saw the stop before the failure that set it was collected
+            error = next((e for f in futures if f.done() and not f.cancelled()
+                          and (e := f.exception()) is not None and not isinstance(e, _Stopped)), error)
         if late:
             yield late
         if isinstance(error, EmkitError):  # counted now that nothing is in flight (timed-out ones included)
