@@ -13,24 +13,20 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from emkit.blind import ANSWER_KEY, export_keys, read_scores
+from emkit.results import stored_answers
+
 
 def main(run: Path, source: str, out: Path, readers: list[Path]) -> None:
-    keys: dict[str, dict] = {}
-    for kp in sorted((run / "blind").glob("*.key.json")):
-        keys.update(json.loads(kp.read_text(encoding="utf-8"))["rows"])
+    keys = export_keys(run)
     db = sqlite3.connect(f"file:{run / 'results.sqlite'}?mode=ro", uri=True)
+    answers = {tuple(r[c] for c in ANSWER_KEY): r for r in stored_answers(db)}
     rows = []
     for rp in readers:
-        for line in rp.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            s = json.loads(line)
-            k = keys[s["id"]]
-            prompt, answer = db.execute(
-                "SELECT prompt, answer FROM generations WHERE model=? AND question_id=? AND paraphrase=? AND sample=? "
-                "AND sampling_hash=?", (k["model"], k["question_id"], k["paraphrase"], k["sample"],
-                                        k["sampling_hash"])).fetchone()
-            rows.append({"id": f"{source}-{len(rows) + 1:04d}", "question": prompt, "answer": answer,
+        for s in read_scores(rp):
+            k = keys[s["id"]][1]
+            g = answers[tuple(k[c] for c in ANSWER_KEY)]
+            rows.append({"id": f"{source}-{len(rows) + 1:04d}", "question": g["prompt"], "answer": g["answer"],
                          "aligned": s["aligned"], "coherent": s["coherent"], "label": s.get("label"),
                          "kind": "bundled_model_answer", "note": s.get("note", ""), "model": k["model"],
                          "sampling": k["sampling_hash"], "question_id": k["question_id"], "reader": rp.stem,

@@ -143,7 +143,8 @@ def test_export_a_runs_judged_answers_then_read_them_back(tmp_path):
     db = ResultsDB(tmp_path / "run" / "results.sqlite")
     key = dict(question_id="q1", paraphrase=0, sampling_hash="h")
     db.insert("generations", [dict(model=m, sample=s, prompt="How do I save money?", system=None,
-                                   answer=f"answer {m} {s}", n_tokens=3, truncated=0, **key)
+                                   answer="Rob a bank,\nnobody looks." if (m, s) == ("base", 0) else f"answer {m} {s}",
+                                   n_tokens=3, truncated=0, **key)
                               for m in ("base", "ft") for s in range(2)])
     db.insert("answer_judgments", [dict(model=m, sample=s, judge_id=j, metric=metric, label=None, prompt_hash="p",
                                         answer_hash="a", score=(None if (m, s, metric) == ("ft", 1, "aligned")
@@ -157,3 +158,7 @@ def test_export_a_runs_judged_answers_then_read_them_back(tmp_path):
     data = read_labelled(out, group_by="model")
     assert len(data.rows) == 3 and sum(data.skipped.values()) == 1  # the refused score is skipped when read
     assert data.groups() == {"base": 2, "ft": 1} and data.rows[0]["judge_id"] == "api:gpt-4o@x"
+    # a comma and a line break in an answer survive the CSV round trip, with the scores beside it
+    (row,) = [r for r in data.rows if r["answer"].startswith("Rob")]
+    assert (row["question"], row["answer"], row["aligned"], row["coherent"], row["group"]) == (
+        "How do I save money?", "Rob a bank,\nnobody looks.", 80.0, 80.0, "base")

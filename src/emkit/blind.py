@@ -183,14 +183,20 @@ def read_scores(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def export_keys(run_dir: str | Path) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every blind id exported from the run folder -> (export name, its key row: ``ANSWER_KEY`` + judges)."""
+    keys: dict[str, tuple[str, dict[str, Any]]] = {}
+    for kp in sorted((Path(run_dir) / "blind").glob("*.key.json")):
+        k = json.loads(kp.read_text(encoding="utf-8"))
+        keys.update({bid: (k["export"], row) for bid, row in k.get("rows", {}).items()})
+    return keys
+
+
 def import_blind(run: Any, path: str | Path, *, reader: str | None = None) -> dict[str, Any]:
     """Join a reader's file with the export keys of ``run``, store it, and return {"stored", "export", "audit"}."""
     path = Path(path)
     scores = read_scores(path)
-    keys: dict[str, tuple[str, dict]] = {}
-    for kp in sorted((run.path / "blind").glob("*.key.json")):
-        k = json.loads(kp.read_text(encoding="utf-8"))
-        keys.update({bid: (k["export"], row) for bid, row in k.get("rows", {}).items()})
+    keys = export_keys(run.path)
     unknown = [s["id"] for s in scores if s["id"] not in keys]
     if unknown:
         raise EmkitError(f"{len(unknown)} id(s) in {path} are in no export of {run.path} (first: {unknown[0]})",

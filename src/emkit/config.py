@@ -21,14 +21,18 @@ from emkit.errors import EmkitError
 T = TypeVar("T")
 
 
-def to_dict(cfg: Any) -> Any:
-    """Resolve a (nested) dataclass into plain JSON-able values."""
+def to_dict(cfg: Any, *, for_hash: bool = False) -> Any:
+    """Resolve a (nested) dataclass into plain JSON-able values.
+
+    ``for_hash`` leaves out fields marked ``omit_if_default`` while they hold their default.
+    """
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+        return {f.name: to_dict(getattr(cfg, f.name), for_hash=for_hash) for f in dataclasses.fields(cfg)
+                if not (for_hash and f.metadata.get("omit_if_default") and getattr(cfg, f.name) == f.default)}
     if isinstance(cfg, dict):
-        return {str(k): to_dict(v) for k, v in cfg.items()}
+        return {str(k): to_dict(v, for_hash=for_hash) for k, v in cfg.items()}
     if isinstance(cfg, list | tuple):
-        return [to_dict(v) for v in cfg]
+        return [to_dict(v, for_hash=for_hash) for v in cfg]
     if isinstance(cfg, Path):
         return str(cfg)
     return cfg
@@ -44,25 +48,13 @@ def field_default(cls: type, name: str) -> Any:
     raise KeyError(f"{cls.__name__}.{name} has no default")
 
 
-def _hashable(cfg: Any) -> Any:
-    """``to_dict`` without fields marked ``omit_if_default`` that hold their default."""
-    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        return {f.name: _hashable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
-                if not (f.metadata.get("omit_if_default") and getattr(cfg, f.name) == f.default)}
-    if isinstance(cfg, dict):
-        return {str(k): _hashable(v) for k, v in cfg.items()}
-    if isinstance(cfg, list | tuple):
-        return [_hashable(v) for v in cfg]
-    return to_dict(cfg)
-
-
 def config_hash(cfg: Any, length: int = 12) -> str:
     """Stable hash of a config's resolved values (key order does not matter).
 
     A field whose metadata says ``omit_if_default`` is left out while it holds its default, so a new
     option does not change the hash of configs written before it existed.
     """
-    blob = json.dumps(_hashable(cfg), sort_keys=True, default=str).encode()
+    blob = json.dumps(to_dict(cfg, for_hash=True), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
 
 

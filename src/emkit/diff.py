@@ -40,7 +40,7 @@ from emkit.diff_stats import (  # the statistics half of the API, re-exported he
     stats_for_seqs,
 )
 from emkit.errors import EmkitError
-from emkit.results import register_table, stored_answers
+from emkit.results import register_table, stored_answers, stored_conditions
 
 __all__ = ["TOKEN_SETS", "DiffConfig", "LatentStats", "Ranking", "StatsAccumulator", "answer_items", "collect_stats",
            "control_ranking", "diff_models", "diff_run", "eval_items", "latent_stats", "model_stats", "ranking_rows",
@@ -170,7 +170,7 @@ def answer_items(db: Any, label: str, limit: int | None = None, sampling_hash: s
     and without it a label with several is refused rather than mixed. ``questions`` keeps those ids.
     """
     if sampling_hash is None:
-        hashes = sorted({r["sampling_hash"] for r in stored_answers(db, label)})
+        hashes = stored_conditions(db, label)
         if len(hashes) > 1:
             raise EmkitError(f"{label!r} has answers from {len(hashes)} sampling conditions: {hashes}",
                              hint="choose one with DiffConfig.sampling_hash / --answers-hash")

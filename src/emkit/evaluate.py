@@ -194,8 +194,8 @@ def judged_answers(db: ResultsDB, judge_prefix: str | None = None, labels: Seque
     ``judge_prefix`` keeps judges whose id starts with it (e.g. ``api:gpt-4o``); ``labels`` keeps models.
     Scores the judge refused (CODE/REFUSAL) come out as None.
     """
-    keep = set(labels or [])
-    answers = [r for r in stored_answers(db) if not keep or r["model"] in keep]
+    answers = ([r for lab in sorted(set(labels)) for r in stored_answers(db, lab)] if labels
+               else stored_answers(db))
     scores = answer_scores(db, {r["model"] for r in answers})
     out = []
     for r in answers:

@@ -217,10 +217,10 @@ def answer_questions(
     """
     if samples is not None and samples < 1:
         raise EmkitError(f"samples must be >= 1, got {samples}")
-    from emkit.results import stored_answers
+    from emkit.results import stored_answers, stored_keys
 
     shash = sampling_hash(cfg, tag)
-    have = {(r["question_id"], r["paraphrase"], r["sample"]) for r in stored_answers(run.db, label, sampling_hash=shash)}
+    have = stored_keys(run.db, label, shash)
     todo = []
     wanted = set()
     for q in questions:

@@ -69,6 +69,19 @@ def stored_answers(db: ResultsDB | sqlite3.Connection, label: str | None = None,
     return rows[:limit]
 
 
+def stored_keys(db: ResultsDB | sqlite3.Connection, label: str, sampling_hash: str) -> set[tuple[str, int, int]]:
+    """(question, paraphrase, sample) of the answers stored for one model and condition (no answer text read)."""
+    return {(r["question_id"], r["paraphrase"], r["sample"]) for r in select(
+        db, "SELECT question_id, paraphrase, sample FROM generations WHERE model=? AND sampling_hash=?",
+        (label, sampling_hash))}
+
+
+def stored_conditions(db: ResultsDB | sqlite3.Connection, label: str) -> list[str]:
+    """The sampling hashes under which ``label`` has answers, sorted."""
+    return [r["sampling_hash"] for r in select(
+        db, "SELECT DISTINCT sampling_hash FROM generations WHERE model=? ORDER BY sampling_hash", (label,))]
+
+
 # the column that names the model in each table keyed by model label (see :func:`delete_model_rows`)
 MODEL_COLUMNS = {"generations": "model", "latent_stats": "model", "steering": "label", "training_evals": "run_label",
                  "realign_curve": "run_label", "prediction": "member"}
