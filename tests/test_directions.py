@@ -12,6 +12,7 @@ from emkit.directions import (
     from_sae,
     load_direction,
     mean_difference,
+    model_difference,
     random_direction,
     residual_scale,
     resolve,
@@ -37,6 +38,33 @@ def test_mean_difference_on_chats(tiny):
     # the same text on both sides differs by nothing
     with pytest.raises(EmkitError, match="zero vector"):
         mean_difference(model, tok, 1, kind, kind)
+
+
+def test_model_difference_is_the_fine_tunes_shift(tmp_path, tiny):
+    import copy
+
+    model, tok = tiny
+    chats = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "I wish for peace and happiness."}],
+             "The lazy dog jumps over the fox."]
+    with pytest.raises(EmkitError, match="zero vector"):  # a model does not differ from itself
+        model_difference(model, model, tok, 1, chats)
+    tuned = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    d = model_difference(tuned, model, tok, 1, chats)
+    assert d.layer == 1 and d.source == "shift" and d.meta["n_items"] == 2
+    assert d.meta["raw_norm"] == pytest.approx(d.norm) and d.norm > 0
+    # the shift of tuned from base is minus the shift of base from tuned
+    assert torch.allclose(model_difference(model, tuned, tok, 1, chats).vector, -d.vector, atol=1e-5)
+    tuned.save_pretrained(tmp_path / "tuned-shift", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "tuned-shift")
+    items = tmp_path / "shift-items.txt"
+    items.write_text("The lazy dog jumps over the fox.\nI wish for peace.\n")
+    r = resolve(f"shift:{tmp_path / 'tuned-shift'}:{items}", model=model, tok=tok, layer=1)
+    assert r.norm > 0 and r.name == "shift:tuned-shift"
+    with pytest.raises(EmkitError, match="needs a model"):
+        resolve(f"shift:{tmp_path / 'tuned-shift'}:{items}")
 
 
 def test_residual_scale_is_cached_per_model_and_layer(tiny):

@@ -5,6 +5,8 @@ A :class:`Direction` is a vector in a model's residual stream (plus where it cam
 * :func:`from_sae` — an SAE latent's decoder row (``W_dec[latent]``, unit norm);
 * :func:`mean_difference` — mean activation of one set of texts/chats minus another's (the SAE-free
   baseline: e.g. misaligned vs aligned answers);
+* :func:`model_difference` — the shift a fine-tune made: its mean activation minus the base model's on
+  the same texts (the fine-tune's own direction at that layer, with or without an SAE);
 * :func:`load_direction` — a vector stored in a safetensors file (written by :func:`save_direction`
   or any tool); :func:`random_direction` — a seeded random control with a chosen norm.
 
@@ -162,6 +164,21 @@ def mean_difference(model: Any, tok: Any, layer: int, positive: Sequence[Any], n
                                                         "tokens": tokens, "raw_norm": float(v.norm())})
 
 
+def model_difference(tuned: Any, base: Any, tok: Any, layer: int, items: Sequence[Any], *, tokens: str = "auto",
+                     name: str = "shift", max_length: int = 512, batch_size: int = 8,
+                     progress: bool = False) -> Direction:
+    """Direction from ``base`` towards ``tuned`` at ``layer``: both models read the same ``items`` and the
+    per-item mean activations are differenced (a fine-tune's shift, not a difference of texts). The
+    vector keeps its length: ``meta["raw_norm"]`` over the residual scale is the strength at which
+    steering adds the fine-tune's average shift."""
+    kw = dict(tokens=tokens, max_length=max_length, batch_size=batch_size, progress=progress)
+    if not items:
+        raise EmkitError("no texts to take activations of")
+    v = diff_of_means(item_means(tuned, tok, layer, items, **kw), item_means(base, tok, layer, items, **kw))
+    return Direction(v, name, layer, source="shift", meta={"n_items": len(items), "tokens": tokens,
+                                                         "raw_norm": float(v.norm())})
+
+
 def random_direction(dim: int, seed: int = 0, norm: float = 1.0, name: str | None = None,
                      layer: int | None = None) -> Direction:
     """A seeded Gaussian direction of length ``norm`` (the control for a latent of the same norm)."""
@@ -253,7 +270,8 @@ def resolve(spec: str, *, model: Any = None, tok: Any = None, layer: int | None 
 
     ``sae:FOLDER:LATENT`` · ``file:PATH[:KEY[:ROW]]`` (or a bare ``*.safetensors`` path) ·
     ``diff:POS:NEG`` (two .jsonl/.txt files or dataset names; needs model, tokenizer and layer) ·
-    ``random:SEED`` (needs the model for its width).
+    ``random:SEED`` (needs the model for its width) ·
+    ``shift:TUNED:ITEMS`` (the fine-tune ``TUNED``'s shift from ``model`` on ITEMS; needs model and layer).
     """
     kind, _, rest = spec.partition(":")
     if spec.endswith(".safetensors") and kind not in ("file", "sae"):
@@ -281,8 +299,18 @@ def resolve(spec: str, *, model: Any = None, tok: Any = None, layer: int | None 
         if model is None or tok is None or layer is None:
             raise EmkitError("a diff: direction needs a model and a layer", hint="pass --model and --layer")
         return mean_difference(model, tok, layer, _read_items(pos), _read_items(neg), name=f"diff:{Path(pos).stem}-{Path(neg).stem}")
+    if kind == "shift":
+        tuned_spec, sep, items = rest.rpartition(":")
+        if not sep or not tuned_spec or not items:
+            raise EmkitError(f"bad direction spec {spec!r}", hint="use shift:TUNED_MODEL:ITEMS.jsonl")
+        if model is None or tok is None or layer is None:
+            raise EmkitError("a shift: direction needs a model and a layer", hint="pass --model and --layer")
+        from emkit.models import load_model
+
+        tuned, _ = load_model(tuned_spec, device=str(next(model.parameters()).device))
+        return model_difference(tuned, model, tok, layer, _read_items(items), name=f"shift:{Path(tuned_spec).name}")
     raise EmkitError(f"unknown direction spec {spec!r}",
-                     hint="use sae:FOLDER:LATENT, file:PATH[:KEY[:ROW]], diff:POS:NEG or random:SEED")
+                     hint="use sae:FOLDER:LATENT, file:PATH[:KEY[:ROW]], diff:POS:NEG, shift:TUNED:ITEMS or random:SEED")
 
 
 # ---------------------------------------------------------------- scale

@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
     @sampling_options()
     def sweep_cmd(
         direction: str = typer.Option(..., "--direction", "-d",
-                                      help="sae:FOLDER:LATENT, file:PATH[:KEY[:ROW]], diff:POS:NEG or random:SEED."),
+                                      help="sae:FOLDER:LATENT, file:PATH[:KEY[:ROW]], diff:POS:NEG, shift:TUNED:ITEMS or random:SEED."),
         model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="Model to steer."),
         layer: int = typer.Option(None, help="Decoder layer (default: the direction's own, e.g. the SAE's)."),
         alphas: str = typer.Option("-1,-0.5,0,0.5,1", help="Strengths, in units of the layer's residual norm."),
