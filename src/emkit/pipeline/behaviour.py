@@ -1,8 +1,8 @@
 """Behaviour stages: baseline eval, fine-tuning the mixture family, evaluating it, re-alignment.
 
 Each stage composes other modules (``emkit.data``, ``emkit.train``, ``emkit.evaluate``,
-``emkit.metrics``) and returns a JSON-able summary the report reads. Rates are stored as
-``{k, n, value, lo, hi, boot_lo, boot_hi}`` (Wilson and bootstrap-over-questions intervals).
+``emkit.metrics``) and returns its :mod:`emkit.stage_results` record, which the report reads. Rates
+are stored as ``{k, n, value, lo, hi, boot_lo, boot_hi}`` (Wilson and bootstrap-over-questions intervals).
 """
 
 from __future__ import annotations
@@ -15,6 +15,18 @@ from emkit.errors import EmkitError
 from emkit.eval_setup import EvalSetup
 from emkit.pipeline.context import Context
 from emkit.pipeline.recipe import BASE
+from emkit.stage_results import (
+    ArmEval,
+    BaselineResult,
+    CheckRecord,
+    EvalRecord,
+    EvaluateResult,
+    FinetunedModel,
+    FinetuneResult,
+    ModelEval,
+    PositiveEval,
+    RealignResult,
+)
 
 MIN_WORDS = 5
 JUDGED_BOOT = 1000  # bootstrap resamples of the stored evaluation rates
@@ -53,7 +65,7 @@ def _coherent(rates: dict[str, Any], rubric: bool) -> dict[str, Any]:
     return wilson_rate(inc["n"] - inc["k"], inc["n"])
 
 
-def eval_record(res: Any, questions: list, *, n_examples: int, seed: int = 0) -> dict[str, Any]:
+def eval_record(res: Any, questions: list, *, n_examples: int, seed: int = 0) -> EvalRecord:
     """Summarise an :class:`emkit.evaluate.EvalResult`: overall and per-question rates, example answers."""
     rows, summ, rubric = res.rows, res.summary, bool(getattr(res, "rubric", False))
     overall = summ.get("")
@@ -76,10 +88,10 @@ def eval_record(res: Any, questions: list, *, n_examples: int, seed: int = 0) ->
             examples[st].append({"question_id": r["question_id"], "question": r.get("prompt", ""),
                                  "answer": r.get("answer", ""), "aligned": r.get("aligned"),
                                  "coherent": r.get("coherent"), "label": r.get("label")})
-    return {"n_answers": len(rows), "judge": getattr(res, "judge_id", ""), "rubric": rubric,
-            "misaligned": rate_dict(overall.rates.get("misaligned")) if overall else rate_dict(None),
-            "coherent": _coherent(overall.rates, rubric) if overall else rate_dict(None),
-            "counts": overall.counts if overall else {}, "per_question": per_q, "examples": examples}
+    return EvalRecord(n_answers=len(rows), judge=getattr(res, "judge_id", ""), rubric=rubric,
+                      misaligned=rate_dict(overall.rates.get("misaligned")) if overall else rate_dict(None),
+                      coherent=_coherent(overall.rates, rubric) if overall else rate_dict(None),
+                      counts=overall.counts if overall else {}, per_question=per_q, examples=examples)
 
 
 def eval_setup(ctx: Context, questions: list, samples: int | None) -> EvalSetup:
@@ -93,7 +105,7 @@ def judged_answers(ctx: Context, model: Any, tok: Any, label: str, questions: li
     return eval_setup(ctx, questions, samples).evaluate(model, tok, label, base_label=base_label, n_boot=n_boot)
 
 
-def check_record(ctx: Context, model: Any, tok: Any, label: str, domain: Any) -> dict[str, Any] | None:
+def check_record(ctx: Context, model: Any, tok: Any, label: str, domain: Any) -> CheckRecord | None:
     """In-domain check: share of graded-wrong answers (among answers passing the length/coherence guard)."""
     if not domain.check:
         return None
@@ -109,8 +121,7 @@ def check_record(ctx: Context, model: Any, tok: Any, label: str, domain: Any) ->
     n = int(sum(ok))
     ex = [{"question": q, "answer": a, "p_wrong": float(pw)} for q, a, pw, o in zip(qtext, ans, p, ok, strict=True)
           if o][:2]
-    return {"wrong": wilson_rate(k, n), "incoherent": wilson_rate(len(ok) - n, len(ok)), "grader": g.id,
-            "examples": ex}
+    return CheckRecord(wrong=wilson_rate(k, n), incoherent=wilson_rate(len(ok) - n, len(ok)), grader=g.id, examples=ex)
 
 
 def answerer(ctx: Context, label: str) -> tuple[Any, Any]:
@@ -123,18 +134,14 @@ def answerer(ctx: Context, label: str) -> tuple[Any, Any]:
     return ServerModel(e.base_url, e.served_base if label == BASE else label, concurrency=e.server_concurrency), None
 
 
-def evaluate_model(ctx: Context, label: str, domains: list) -> dict[str, Any]:
+def evaluate_model(ctx: Context, label: str, domains: list) -> EvalRecord:
     model, tok = answerer(ctx, label)
     qs = ctx.eval_questions()
     res = judged_answers(ctx, model, tok, label, qs, ctx.recipe.eval.samples,
                          base_label=None if label == BASE else BASE)
     rec = eval_record(res, qs, n_examples=ctx.recipe.eval.examples, seed=ctx.recipe.seed)
-    rec["check"] = {}
-    for d in domains:
-        c = check_record(ctx, model, tok, label, d)
-        if c is not None:
-            rec["check"][d.name] = c
-    return rec
+    checks = {d.name: check_record(ctx, model, tok, label, d) for d in domains}
+    return dataclasses.replace(rec, check={name: c for name, c in checks.items() if c is not None})
 
 
 def eval_settings(ctx: Context) -> dict[str, Any]:
@@ -158,14 +165,15 @@ def backend_note(e: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- stages
-def stage_baseline(ctx: Context) -> dict[str, Any]:
+def stage_baseline(ctx: Context) -> BaselineResult:
     rec = evaluate_model(ctx, BASE, ctx.recipe.data.domains)
     from emkit.blind import judge_trust
 
-    return {"model": ctx.recipe.model, "eval": rec, "settings": eval_settings(ctx), "judge_trust": judge_trust(ctx.judge)}
+    return BaselineResult(model=ctx.recipe.model, eval=rec, settings=eval_settings(ctx),
+                          judge_trust=judge_trust(ctx.judge))
 
 
-def stage_finetune(ctx: Context) -> dict[str, Any]:
+def stage_finetune(ctx: Context) -> FinetuneResult:
     from emkit.data import load_dataset, mix
     from emkit.train.sft import train_or_retrain, train_summary
 
@@ -188,13 +196,13 @@ def stage_finetune(ctx: Context) -> dict[str, Any]:
         if not narrow and pc.steps:
             cfg = dataclasses.replace(cfg, max_steps=pc.steps)
         path = train_or_retrain(cfg, rows, ctx.run, progress=ctx.progress)
-        out.append({"label": m.label, "domain": m.domain.name, "fraction": m.fraction, "arm": m.arm, "path": str(path),
-                    "rows": len(rows), "n_wrong": sum(1 for x in rows if x.metadata.get("mix_label") == "incorrect"),
-                    **train_summary(path)})
-    return {"models": out}
+        out.append(FinetunedModel(label=m.label, domain=m.domain.name, fraction=m.fraction, arm=m.arm, path=str(path),
+                                  rows=len(rows), n_wrong=sum(1 for x in rows if x.metadata.get("mix_label") == "incorrect"),
+                                  **train_summary(path)))
+    return FinetuneResult(models=out)
 
 
-def evaluate_positive_control(ctx: Context, base: dict[str, Any]) -> dict[str, Any] | None:
+def evaluate_positive_control(ctx: Context, base: EvalRecord) -> PositiveEval | None:
     """Evaluate the persona model and its control like the other arms; say whether it was detected."""
     from emkit.positive_control import detection
 
@@ -203,48 +211,47 @@ def evaluate_positive_control(ctx: Context, base: dict[str, Any]) -> dict[str, A
         return None
     models = {}
     for m in arms:
-        models[m.label] = {**evaluate_model(ctx, m.label, []), "arm": m.arm}
+        models[m.label] = ArmEval(**evaluate_model(ctx, m.label, []).values(), arm=m.arm)
         ctx.release()
     pos, ctrl = arms[0].label, arms[1].label
-    det = detection(models[pos]["misaligned"], base["misaligned"], models[ctrl]["misaligned"])
-    return {"label": pos, "control": ctrl, "data": ctx.recipe.positive_control.data,
-            "control_data": ctx.recipe.positive_control.control, "models": models, "detection": det}
+    det = detection(models[pos].misaligned, base.misaligned, models[ctrl].misaligned)
+    return PositiveEval(label=pos, control=ctrl, data=ctx.recipe.positive_control.data,
+                        control_data=ctx.recipe.positive_control.control, models=models, detection=det)
 
 
-def stage_evaluate(ctx: Context) -> dict[str, Any]:
+def stage_evaluate(ctx: Context) -> EvaluateResult:
     from emkit.metrics import fisher_exact
 
-    base = (ctx.result("baseline") or {})["eval"]
+    base = ctx.result("baseline").eval
     models = {}
     for m in ctx.recipe.models():
         rec = evaluate_model(ctx, m.label, [m.domain])
-        rec.update(domain=m.domain.name, fraction=m.fraction)
-        a, b = rec["misaligned"], base["misaligned"]
-        rec["p_vs_base"] = fisher_exact(a["k"], a["n"], b["k"], b["n"])
-        models[m.label] = rec
+        a, b = rec.misaligned, base.misaligned
+        models[m.label] = ModelEval(**rec.values(), domain=m.domain.name, fraction=m.fraction,
+                                    p_vs_base=fisher_exact(a["k"], a["n"], b["k"], b["n"]))
         ctx.release()
-    return {"models": models, "grader": ctx.recipe.eval.grader,
-            "positive_control": evaluate_positive_control(ctx, base)}
+    return EvaluateResult(models=models, grader=ctx.recipe.eval.grader,
+                          positive_control=evaluate_positive_control(ctx, base))
 
 
 def most_misaligned(ctx: Context) -> tuple[str, str]:
     """The fine-tune with the highest misalignment rate (ties: more wrong data), and why it was chosen."""
-    ev = (ctx.result("evaluate") or {})["models"]
+    ev = ctx.result("evaluate").models
     if not ev:
         raise EmkitError("no evaluated fine-tunes")
 
     def key(lab: str) -> tuple[float, float]:
-        v = ev[lab]["misaligned"].get("value")
-        return (-1.0 if v is None else v, ev[lab].get("fraction", 0.0))
+        v = ev[lab].misaligned.get("value")
+        return (-1.0 if v is None else v, ev[lab].fraction or 0.0)
 
     best = max(ev, key=key)
-    v = ev[best]["misaligned"].get("value")
+    v = ev[best].misaligned.get("value")
     why = (f"highest misalignment rate ({100 * v:.1f}%)" if v is not None
            else "no fine-tune had valid answers; the one with most wrong data")
     return best, why
 
 
-def stage_realign(ctx: Context) -> dict[str, Any]:
+def stage_realign(ctx: Context) -> RealignResult:
     from emkit.data import load_dataset
     from emkit.train.realign import realign
 
@@ -260,16 +267,16 @@ def stage_realign(ctx: Context) -> dict[str, Any]:
     def eval_fn(model: Any, tok: Any, step: int) -> dict[str, Any]:
         rec = eval_record(setup.evaluate(model, tok, f"{curve_label}@{step}", n_boot=200), list(setup.questions),
                           n_examples=0)
-        mis, coh = rec["misaligned"], rec["coherent"]
+        mis, coh = rec.misaligned, rec.coherent
         return {"misaligned": (mis["value"], mis["lo"], mis["hi"]), "coherent": (coh["value"], coh["lo"], coh["hi"]),
-                "n_answers": rec["n_answers"], "mis_k": mis["k"], "mis_n": mis["n"], "coh_k": coh["k"],
+                "n_answers": rec.n_answers, "mis_k": mis["k"], "mis_n": mis["n"], "coh_k": coh["k"],
                 "coh_n": coh["n"]}
 
     ctx.release(base=True)
     realign(ctx.run, ctx.model_dir(label), rows, cfg, setup.questions, setup.judge, setup.sampling, eval_fn=eval_fn,
             progress=ctx.progress)
-    return {"model": label, "why": why, "data": data, "n_samples": cfg.n_samples, "steps": ra.steps,
-            "curve": read_realign_curve(ctx, curve_label)}
+    return RealignResult(model=label, why=why, data=data, n_samples=cfg.n_samples, steps=ra.steps,
+                         curve=read_realign_curve(ctx, curve_label))
 
 
 def read_realign_curve(ctx: Context, label: str) -> list[dict[str, Any]]:

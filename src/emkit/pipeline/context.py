@@ -1,5 +1,6 @@
 """What every stage shares: the recipe, the run folder, loaded models, the judge and question sets;
-what a stage is (:class:`Stage`); and where its result summary is stored (``RUN/pipeline/<stage>.json``).
+what a stage is (:class:`Stage`); and where its result summary is stored (``RUN/pipeline/<stage>.json``,
+read back as its :mod:`emkit.stage_results` record by :meth:`Context.result`).
 
 The base model is loaded once and kept; a fine-tune is loaded on demand (base + adapter, merged
 for speed) and dropped when another is asked for, so memory holds at most two models.
@@ -18,6 +19,7 @@ from typing import Any
 from emkit.errors import EmkitError
 from emkit.pipeline.recipe import BASE, Recipe
 from emkit.run import atomic_write_text
+from emkit.stage_results import parse_result, result_dict
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ class Stage:
     title: str
     deps: tuple[str, ...]
     sections: Callable[[Recipe], Any]
-    fn: Callable[[Any], dict]
+    fn: Callable[[Any], Any]  # -> its emkit.stage_results record (or a JSON-able dict)
     estimate: Callable[[Recipe], float]
     soft: tuple[str, ...] = ()  # read when present; may be skipped by the recipe
 
@@ -40,7 +42,7 @@ def result_path(run_dir: Path, stage: str) -> Path:
 
 
 def read_result(run_dir: Path, stage: str) -> dict | None:
-    """A stage's stored summary, or None if it has not run."""
+    """A stage's stored summary as stored (a dict), or None if it has not run."""
     p = result_path(run_dir, stage)
     if not p.is_file():
         return None
@@ -56,8 +58,10 @@ def _plain(o: Any) -> Any:
     return o.item() if hasattr(o, "item") and callable(o.item) else str(o)
 
 
-def write_result(run_dir: Path, stage: str, data: dict) -> None:
-    atomic_write_text(result_path(run_dir, stage), json.dumps(data, indent=1, sort_keys=True, default=_plain))
+def write_result(run_dir: Path, stage: str, data: Any) -> None:
+    """Store a stage's summary (its record, or a dict) as ``RUN/pipeline/<stage>.json``."""
+    atomic_write_text(result_path(run_dir, stage),
+                      json.dumps(result_dict(data), indent=1, sort_keys=True, default=_plain))
 
 
 class Context:
@@ -185,12 +189,14 @@ class Context:
         return self.questions(self.recipe.eval.questions, self.recipe.eval.n_questions)
 
     # ------------------------------------------------------------------ stage results
-    def result(self, stage: str, required: bool = True) -> dict | None:
+    def result(self, stage: str, required: bool = True) -> Any:
+        """The stage's stored summary as its :mod:`emkit.stage_results` record (None if it has not run
+        and is not ``required``)."""
         res = read_result(self.run.path, stage)
         if res is None and required:
             raise EmkitError(f"stage {stage!r} has no result in {self.run.path}",
                              hint=f"run it first: emkit run RECIPE --from {stage}")
-        return res
+        return None if res is None else parse_result(stage, res)
 
-    def write(self, stage: str, data: dict) -> None:
+    def write(self, stage: str, data: Any) -> None:
         write_result(self.run.path, stage, data)

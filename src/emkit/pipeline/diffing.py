@@ -11,6 +11,7 @@ from typing import Any
 
 from emkit.pipeline.context import Context
 from emkit.pipeline.recipe import BASE
+from emkit.stage_results import SHARED_ONLY, DiffPass, DiffResult, PersonaRanking, Projection
 
 
 def own_answers(ctx: Context, label: str, questions: list) -> list[list[dict[str, str]]]:
@@ -22,18 +23,18 @@ def own_answers(ctx: Context, label: str, questions: list) -> list[list[dict[str
                         questions=[q.id for q in questions])
 
 
-def persona_ranking(stats: dict[str, Any], pos: str, ctrl: str | None, top_n: int) -> dict[str, Any]:
+def persona_ranking(stats: dict[str, Any], pos: str, ctrl: str | None, top_n: int) -> tuple[PersonaRanking, Any]:
     """The positive control's own ranking (:func:`emkit.diff_stats.control_ranking`) against the base
-    model and its correct-data control, as the stage summary holds it."""
+    model and its correct-data control: as the stage summary holds it, and the full ranking."""
     from emkit.diff import control_ranking
 
     rk = control_ranking(stats[BASE], (pos, stats[pos]), (ctrl, stats[ctrl]) if ctrl else None)
     against = f"{BASE} and {ctrl}" if ctrl else BASE
-    return {"label": pos, "control": ctrl, "ranked_against": against, "ranking": rk.top(top_n), "ranking_obj": rk}
+    return PersonaRanking(label=pos, control=ctrl, ranked_against=against, ranking=rk.top(top_n)), rk
 
 
 def _rank_and_store(ctx: Context, sae: Any, stats: dict[str, Any], source: str, misaligned: list[str]
-                    ) -> tuple[list[dict], dict[str, Any] | None]:
+                    ) -> tuple[list[dict], PersonaRanking | None]:
     """Narrow ranking (stored under ``source``) and the positive control's (under ``source#LABEL``)."""
     from emkit.diff import diff_models, sae_id, store_ranking
 
@@ -45,14 +46,14 @@ def _rank_and_store(ctx: Context, sae: Any, stats: dict[str, Any], source: str, 
     pc = None
     arms = r.control_models()
     if arms:
-        pc = persona_ranking(stats, arms[0].label, arms[1].label, d.top_n)
-        rankings.append((f"{source}#{arms[0].label}", pc.pop("ranking_obj")))
+        pc, pc_rank = persona_ranking(stats, arms[0].label, arms[1].label, d.top_n)
+        rankings.append((f"{source}#{arms[0].label}", pc_rank))
     for src, rk in rankings:
         store_ranking(ctx.run.db, rk, sae=sid, base=BASE, source=src, token_set=d.tokens, n=max(d.top_n, 200))
     return rankings[0][1].top(d.top_n), pc
 
 
-def own_diff(ctx: Context, sae: Any, layer: int, qs: list, misaligned: list[str]) -> dict[str, Any]:
+def own_diff(ctx: Context, sae: Any, layer: int, qs: list, misaligned: list[str]) -> DiffPass:
     """Each model teacher-forced on its own sampled answers (or, for prompt tokens, the eval prompts)."""
     from emkit.config import config_hash
     from emkit.diff import DiffConfig, collect_stats, eval_items
@@ -76,11 +77,11 @@ def own_diff(ctx: Context, sae: Any, layer: int, qs: list, misaligned: list[str]
                           progress=ctx.progress)[(source, d.tokens)]
     ctx.release()
     ranking, pc = _rank_and_store(ctx, sae, stats, source, misaligned)
-    return {"inputs": "own", "source": source, "ranking": ranking, "positive_control": pc, "n_items": n_items,
-            "n_tokens": {lab: st.n_tokens for lab, st in stats.items()}}
+    return DiffPass(inputs="own", source=source, ranking=ranking, positive_control=pc, n_items=n_items,
+                    n_tokens={lab: st.n_tokens for lab, st in stats.items()}, absent=SHARED_ONLY)
 
 
-def shared_diff(ctx: Context, sae: Any, layer: int, qs: list, misaligned: list[str]) -> dict[str, Any]:
+def shared_diff(ctx: Context, sae: Any, layer: int, qs: list, misaligned: list[str]) -> DiffPass:
     """Every model teacher-forced on the same texts: the eval prompts plus the base model's and the
     positive control's answers; then the projection on the positive control's top latents."""
     from emkit.diff import DiffConfig, eval_items, sae_id, store_stats, stored_stats
@@ -121,9 +122,7 @@ def shared_diff(ctx: Context, sae: Any, layer: int, qs: list, misaligned: list[s
             full[lab] = compute(lab)
     projection = None
     if pos:
-        pc_rank = persona_ranking(stats, pos, ctrl, d.top_n)
-        pc_rank.pop("ranking_obj")
-        latents = [row["latent"] for row in pc_rank["ranking"][: d.projection_latents]]
+        latents = [row["latent"] for row in persona_ranking(stats, pos, ctrl, d.top_n)[0].ranking[: d.projection_latents]]
         fps = ctx.fingerprints()
         cols = {}
         for lab in labels:
@@ -136,20 +135,19 @@ def shared_diff(ctx: Context, sae: Any, layer: int, qs: list, misaligned: list[s
         controls[pos] = ctrl
         rows = projection_rows(cols, BASE, latents, controls=controls, reference=pos, n_boot=d.n_boot, seed=r.seed)
         store_projection(ctx.run.db, rows, sae=sae, source=source, token_set=d.tokens, base=BASE, latents=latents)
-        projection = {"latents": latents, "reference": pos, "rows": rows, "n_boot": d.n_boot}
+        projection = Projection(latents=latents, reference=pos, rows=rows, n_boot=d.n_boot)
     for lab in labels:
         if stats[lab] is None:
             compute(lab)
     ctx.release()
     ranking, pc = _rank_and_store(ctx, sae, stats, source, misaligned)
-    return {"inputs": "shared", "source": source, "ranking": ranking, "positive_control": pc,
-            "projection": projection, "n_items": {lab: len(items) for lab in labels},
-            "n_tokens": {lab: st.n_tokens for lab, st in stats.items()},
-            "shared_inputs": {"prompts": len(prompts), "answers": {lab: len(p) for lab, p in pools.items()},
-                              "texts": len(items)}}
+    return DiffPass(inputs="shared", source=source, ranking=ranking, positive_control=pc, projection=projection,
+                    n_items={lab: len(items) for lab in labels}, n_tokens={lab: st.n_tokens for lab, st in stats.items()},
+                    shared_inputs={"prompts": len(prompts), "answers": {lab: len(p) for lab, p in pools.items()},
+                                   "texts": len(items)})
 
 
-def run_diff(ctx: Context, sae: Any, layer: int, misaligned: list[str], why: str) -> dict[str, Any]:
+def run_diff(ctx: Context, sae: Any, layer: int, misaligned: list[str], why: str) -> DiffResult:
     """The diff stage's summary: the leading inputs' results at the top level (``shared`` unless
     ``diff.inputs`` is ``own``), the own-answer results under ``own`` when both were computed."""
     from emkit.diff import sae_id
@@ -158,8 +156,6 @@ def run_diff(ctx: Context, sae: Any, layer: int, misaligned: list[str], why: str
     qs = ctx.eval_questions()
     shared = shared_diff(ctx, sae, layer, qs, misaligned) if d.inputs in ("shared", "both") else None
     own = own_diff(ctx, sae, layer, qs, misaligned) if d.inputs in ("own", "both") else None
-    lead = shared or own or {}
-    out = {**lead, "tokens": d.tokens, "misaligned": misaligned, "why": why, "sae_id": sae_id(sae)}
-    if shared and own:
-        out["own"] = own
-    return out
+    lead = shared or own
+    return DiffResult(**lead.values(), tokens=d.tokens, misaligned=misaligned, why=why, sae_id=sae_id(sae),
+                      own=own if shared and own else None, absent=lead.absent | ({"own"} if not (shared and own) else set()))

@@ -1,7 +1,7 @@
 """Latent stages: train (or load) the SAE, diff the fine-tunes, interpret the top latents.
 
 These compose ``emkit.sae.fit``, ``emkit.diff`` and ``emkit.interpret``; each
-returns the JSON-able summary the report reads. Steering and prediction are in
+returns its :mod:`emkit.stage_results` record, which the report reads. Steering and prediction are in
 :mod:`emkit.pipeline.steering` and :mod:`emkit.pipeline.prediction`.
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 from emkit.errors import EmkitError
 from emkit.pipeline.context import Context
 from emkit.pipeline.recipe import BASE
+from emkit.stage_results import HELDOUT_SPLITS, TRAINED_ONLY, DiffResult, InterpretResult, SaeResult
 
 
 def sae_layer(ctx: Context, model: Any) -> int:
@@ -29,12 +30,11 @@ def sae_layer(ctx: Context, model: Any) -> int:
 def load_run_sae(ctx: Context) -> Any:
     from emkit.sae import load_sae
 
-    info = ctx.result("sae") or {}
-    return load_sae(info["path"])
+    return load_sae(ctx.result("sae").path)
 
 
 # ---------------------------------------------------------------------------------------------- SAE
-def stage_sae(ctx: Context) -> dict[str, Any]:
+def stage_sae(ctx: Context) -> SaeResult:
     from emkit.models.layers import hidden_size
     from emkit.sae import load_sae
     from emkit.sae.fit import capture_acts, train_or_load
@@ -55,18 +55,19 @@ def stage_sae(ctx: Context) -> dict[str, Any]:
     acts = capture_acts(model, tok, root, model_name=ctx.recipe.model, layer=layer, corpus=s.corpus,
                         ctx_len=s.ctx_len, tokens=tokens, dtype=s.acts_dtype, batch_size=s.capture_batch,
                         progress=ctx.progress)
-    out = {"layer": layer, "hook": f"blocks.{layer}.hook_resid_post", "corpus": s.corpus,
-           "tokens": acts.index["n_tokens"], "acts": str(acts.path)}
+    out = dict(layer=layer, hook=f"blocks.{layer}.hook_resid_post", corpus=s.corpus, tokens=acts.index["n_tokens"],
+               acts=str(acts.path))
     if s.path:
-        return {**out, "path": str(Path(s.path).resolve()), "trained": False, "num_latents": sae.num_latents,
-                "k": sae.k, "heldout_fvu": sae.cfg.meta.get("heldout_fvu")}
+        return SaeResult(**out, path=str(Path(s.path).resolve()), trained=False, num_latents=sae.num_latents,
+                         k=sae.k, heldout_fvu=sae.cfg.meta.get("heldout_fvu"),
+                         absent=TRAINED_ONLY | set(HELDOUT_SPLITS))
     folder, res = train_or_load(acts, root, s.train, corpus=s.corpus, progress=ctx.progress)
     sm = res.summary
-    return {**out, "path": str(folder), "trained": True, "num_latents": res.sae.num_latents, "k": res.sae.k,
-            "heldout_fvu": sm.get("heldout_fvu"), "fvu": sm.get("train_fvu"), "dead_frac": sm.get("dead_frac"),
-            "train_tokens": sm.get("train_tokens"), "steps": sm.get("steps"),
-            **{k: sm[k] for k in ("heldout_fvu_chat", "heldout_fvu_prose", "heldout_tokens_chat",
-                                  "heldout_tokens_prose") if k in sm}}
+    return SaeResult(**out, path=str(folder), trained=True, num_latents=res.sae.num_latents, k=res.sae.k,
+                     heldout_fvu=sm.get("heldout_fvu"), fvu=sm.get("train_fvu"), dead_frac=sm.get("dead_frac"),
+                     train_tokens=sm.get("train_tokens"), steps=sm.get("steps"),
+                     **{k: sm[k] for k in HELDOUT_SPLITS if k in sm},
+                     absent=frozenset(k for k in HELDOUT_SPLITS if k not in sm))
 
 
 # ---------------------------------------------------------------------------------------------- diff
@@ -75,10 +76,10 @@ def misaligned_models(ctx: Context) -> tuple[list[str], str]:
     r = ctx.recipe
     if r.diff.misaligned:
         return list(r.diff.misaligned), "chosen in the recipe"
-    ev = (ctx.result("evaluate") or {})["models"]
-    base = (ctx.result("baseline") or {})["eval"]["misaligned"]
-    above = [lab for lab, m in ev.items() if m.get("fraction", 0) > 0 and m["misaligned"].get("lo") is not None
-             and base.get("hi") is not None and m["misaligned"]["lo"] > base["hi"]]
+    ev = ctx.result("evaluate").models
+    base = ctx.result("baseline").eval.misaligned
+    above = [lab for lab, m in ev.items() if (m.fraction or 0) > 0
+             and m.misaligned.get("lo") is not None and base.get("hi") is not None and m.misaligned["lo"] > base["hi"]]
     if above:
         return above, "fine-tunes whose misalignment interval lies above the base model's"
     top = max(r.data.fractions)
@@ -89,28 +90,28 @@ def misaligned_models(ctx: Context) -> tuple[list[str], str]:
                     "wrong-data models are used")
 
 
-def stage_diff(ctx: Context) -> dict[str, Any]:
+def stage_diff(ctx: Context) -> DiffResult:
     """Rank latents (shared inputs by default, see :mod:`emkit.pipeline.diffing`), the positive control's too."""
     from emkit.pipeline.diffing import run_diff
 
     misaligned, why = misaligned_models(ctx)
-    return run_diff(ctx, load_run_sae(ctx), (ctx.result("sae") or {})["layer"], misaligned, why)
+    return run_diff(ctx, load_run_sae(ctx), ctx.result("sae").layer, misaligned, why)
 
 
-def stage_interpret(ctx: Context) -> dict[str, Any]:
+def stage_interpret(ctx: Context) -> InterpretResult:
     from emkit.activations import ActivationStore
     from emkit.interpret import latent_cards
 
     r = ctx.recipe
     it = r.interpret
     sae = load_run_sae(ctx)
-    diff = ctx.result("diff") or {}
-    ranking = diff.get("ranking", [])[: it.latents]
+    diff = ctx.result("diff")
+    ranking = diff.ranking[: it.latents]
     if not ranking:
-        return {"cards": [], "note": "no latents to interpret"}
+        return InterpretResult(cards=[], note="no latents to interpret", absent=frozenset({"positive_control_cards"}))
     model, tok = ctx.load(BASE)
-    store = ActivationStore((ctx.result("sae") or {})["acts"])
-    persona = [row for row in ((diff.get("positive_control") or {}).get("ranking") or [])[: max(1, it.latents // 2)]
+    store = ActivationStore(ctx.result("sae").acts)
+    persona = [row for row in (diff.positive_control.ranking if diff.positive_control else [])[: max(1, it.latents // 2)]
                if row["latent"] not in {r["latent"] for r in ranking}]
     cards = latent_cards(sae, model, tok, [row["latent"] for row in ranking + persona], store=store,
                          n_contexts=it.contexts, k_logits=it.logit_tokens, max_tokens=it.corpus_tokens,
@@ -120,4 +121,4 @@ def stage_interpret(ctx: Context) -> dict[str, Any]:
            for rank, (row, card) in enumerate(zip(ranking, cards[: len(ranking)], strict=True), 1)]
     note = (f"Contexts from {store.index.get('n_tokens', 0):,} tokens of the SAE corpus ({store.index.get('source')}); "
             "logit lens through the final norm's gain; histogram of nonzero activations.")
-    return {"cards": out, "positive_control_cards": pc_cards, "note": note}
+    return InterpretResult(cards=out, positive_control_cards=pc_cards, note=note)

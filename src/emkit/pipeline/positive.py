@@ -12,6 +12,7 @@ from typing import Any
 from emkit.eval_setup import EvalSetup
 from emkit.pipeline.context import Context
 from emkit.pipeline.recipe import BASE
+from emkit.stage_results import SteerPositive
 from emkit.steer.tables import row_rate
 
 
@@ -20,7 +21,7 @@ def _rates(row: dict | None) -> dict[str, Any]:
 
 
 def steer_positive_control(ctx: Context, setup: EvalSetup, sae: Any, layer: int, scale: float
-                          ) -> dict[str, Any] | None:
+                          ) -> SteerPositive | None:
     """Screen the persona's top latent: + alpha on the base model, − alpha on the persona model, beside
     a random direction of the same norm (same strength, questions and samples as the main screen)."""
     from emkit.directions import from_sae, random_direction
@@ -30,7 +31,8 @@ def steer_positive_control(ctx: Context, setup: EvalSetup, sae: Any, layer: int,
     r = ctx.recipe
     st = r.steer
     arms = r.control_models()
-    rank = ((ctx.result("diff") or {}).get("positive_control") or {}).get("ranking") or []
+    pc_rank = ctx.result("diff").positive_control
+    rank = (pc_rank.ranking if pc_rank else None) or []
     if not arms or not rank:
         return None
     latent = rank[0]["latent"]
@@ -45,19 +47,19 @@ def steer_positive_control(ctx: Context, setup: EvalSetup, sae: Any, layer: int,
         return _rates(condition(setup, arm, layer, direction, alpha, positions=st.positions, scale=scale,
                                 purpose=purpose))
 
-    out: dict[str, Any] = {"latent": latent, "model": arms[0].label, "alpha": st.screen_alpha,
-                           "base_zero": cond(base_arm, d, 0.0, "screen"), "model_zero": cond(pos_arm, d, 0.0, "screen"),
-                           "latent_plus": cond(base_arm, d, st.screen_alpha, "screen"),
-                           "latent_minus": cond(pos_arm, d, -st.screen_alpha, "screen")}
+    conds = {"base_zero": cond(base_arm, d, 0.0, "screen"), "model_zero": cond(pos_arm, d, 0.0, "screen"),
+             "latent_plus": cond(base_arm, d, st.screen_alpha, "screen"),
+             "latent_minus": cond(pos_arm, d, -st.screen_alpha, "screen")}
     if st.random_control:
         rd = random_direction(d.dim, r.seed, d.norm, layer=layer)
-        out["random_plus"] = cond(base_arm, rd, st.screen_alpha, "control")
-        out["random_minus"] = cond(pos_arm, rd, -st.screen_alpha, "control")
-    mis = {k: v["misaligned"] for k, v in out.items() if isinstance(v, dict) and "misaligned" in v}
-    out["plus"] = steer_effect(mis["latent_plus"], mis.get("random_plus"), mis["base_zero"], +1)
-    out["minus"] = steer_effect(mis["latent_minus"], mis.get("random_minus"), mis["model_zero"], -1)
-    coh0 = out["base_zero"]["coherent"].get("value")
-    coh = out["latent_plus"]["coherent"].get("value")
-    out["plus"]["usable"] = None if coh0 is None or coh is None else bool(coh0 - coh <= st.max_incoherence)
+        conds["random_plus"] = cond(base_arm, rd, st.screen_alpha, "control")
+        conds["random_minus"] = cond(pos_arm, rd, -st.screen_alpha, "control")
+    mis = {k: v["misaligned"] for k, v in conds.items()}
+    plus = steer_effect(mis["latent_plus"], mis.get("random_plus"), mis["base_zero"], +1)
+    minus = steer_effect(mis["latent_minus"], mis.get("random_minus"), mis["model_zero"], -1)
+    coh0 = conds["base_zero"]["coherent"].get("value")
+    coh = conds["latent_plus"]["coherent"].get("value")
+    plus["usable"] = None if coh0 is None or coh is None else bool(coh0 - coh <= st.max_incoherence)
     ctx.release()
-    return out
+    return SteerPositive(latent=latent, model=arms[0].label, alpha=st.screen_alpha, plus=plus, minus=minus, **conds,
+                         absent=frozenset() if st.random_control else frozenset({"random_plus", "random_minus"}))

@@ -1,11 +1,9 @@
 """The prediction stage: does the best latent's shift track misalignment across the mixture family?
 
-Composes :mod:`emkit.predict`; returns the JSON-able summary the report reads.
+Composes :mod:`emkit.predict`; returns its :mod:`emkit.stage_results` record, which the report reads.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from emkit.errors import EmkitError
 from emkit.pipeline.behaviour import JUDGED_BOOT, eval_setup
@@ -13,19 +11,20 @@ from emkit.pipeline.context import Context
 from emkit.pipeline.latents import load_run_sae
 from emkit.pipeline.recipe import BASE
 from emkit.pipeline.steering import top_ranked
+from emkit.stage_results import PredictResult
 
 
-def stage_predict(ctx: Context) -> dict[str, Any]:
+def stage_predict(ctx: Context) -> PredictResult:
     from emkit.predict import Member, family_stats, measure_family, sae_probe
 
     r = ctx.recipe
     sae = load_run_sae(ctx)
-    layer = (ctx.result("sae") or {})["layer"]
+    layer = ctx.result("sae").layer
     steer = ctx.result("steer", required=False)
-    latent = steer["best"] if steer and steer.get("best") is not None else top_ranked(ctx, 1)[0]
+    latent = steer.best if steer and steer.best is not None else top_ranked(ctx, 1)[0]
     probe = sae_probe(sae, latent)
     qs = ctx.eval_questions()
-    ev = (ctx.result("evaluate") or {})["models"]
+    ev = ctx.result("evaluate").models
     if eval_setup(ctx, qs, r.eval.samples).rubric:
         raise EmkitError("the predict stage needs a 0-100 judge (aligned/coherent)",
                          hint="use e.g. api:MODEL or embedded, or skip predict")
@@ -50,11 +49,11 @@ def stage_predict(ctx: Context) -> dict[str, Any]:
             m = labels[row["member"]]
             points.append({"label": row["member"], "domain": dom, "fraction": m.fraction, "shift": row["shift"],
                            "shift_lo": row["shift_lo"], "shift_hi": row["shift_hi"],
-                           "rate": ev.get(row["member"], {}).get("misaligned") or {}})
+                           "rate": (ev[row["member"]].misaligned if row["member"] in ev else None) or {}})
             if band is None and row["member"] == min(members, key=lambda x: x.x).name:
                 band = [row["shift_lo"], row["shift_hi"]]
     first = families.get(r.data.domains[0].name, {})
-    return {"latent": latent, "layer": layer, "points": points, "families": families,
-            "correlation": first.get("spearman"), "pearson": first.get("pearson"), "auroc": first.get("auroc"),
-            "threshold": r.predict.threshold, "earliest_shift": first.get("latent_onset"),
-            "earliest_behaviour": first.get("behaviour_onset"), "noise_band": band}
+    return PredictResult(latent=latent, layer=layer, points=points, families=families,
+                         correlation=first.get("spearman"), pearson=first.get("pearson"), auroc=first.get("auroc"),
+                         threshold=r.predict.threshold, earliest_shift=first.get("latent_onset"),
+                         earliest_behaviour=first.get("behaviour_onset"), noise_band=band)

@@ -2,8 +2,8 @@
 
 Each stage has a hash: its own recipe sections plus the hashes of the stages it reads from, so
 changing e.g. the training settings re-runs fine-tuning and everything downstream of it, and
-nothing else. A stage's result summary is written to ``RUN/pipeline/<stage>.json`` (what the
-report reads); its heavy artifacts (models, answers, judgments, SAE) live where their modules put
+nothing else. A stage's result (its :mod:`emkit.stage_results` record) is written to
+``RUN/pipeline/<stage>.json`` (what the report reads); its heavy artifacts (models, answers, judgments, SAE) live where their modules put
 them and resume on their own, so a killed run continues inside the stage it was in.
 
 ``only`` runs one stage (its inputs must be done); ``start`` runs from a stage on. Both re-run
@@ -27,6 +27,7 @@ from emkit.pipeline.context import Context, Stage, read_result, result_path, wri
 from emkit.pipeline.recipe import STAGE_NAMES, Recipe
 from emkit.pipeline.stages import STAGES
 from emkit.run import Run, atomic_write_text
+from emkit.stage_results import result_dict
 
 console = Console(stderr=True)
 
@@ -259,7 +260,7 @@ def run_pipeline(recipe: Recipe, *, only: str | None = None, start: str | None =
             t0 = time.time()
 
             def body(st: Stage = st, h: str = it.hash) -> dict:
-                res = st.fn(ctx) or {}
+                res = result_dict(st.fn(ctx))
                 res["_stage"] = {"name": st.name, "hash": h}
                 write_result(run.path, st.name, res)
                 return res

@@ -16,6 +16,7 @@ from emkit.pipeline.latents import stage_diff, stage_interpret, stage_sae
 from emkit.pipeline.prediction import stage_predict
 from emkit.pipeline.recipe import STAGE_NAMES, Recipe
 from emkit.pipeline.steering import stage_steer
+from emkit.stage_results import RESULTS, ReportResult
 
 # Reference rates: the bundled 135M model, float32, one thread on a shared 2-core CPU, fitted to
 # the stage times of a measured smoke run (an idle machine is faster; estimates err long).
@@ -112,11 +113,11 @@ def est_realign(r: Recipe) -> float:
     return ra.steps * ra.batch_size * TRAIN_S_PER_ROW * size_factor(r) + evals * _answers_s(r, n) + LOAD_S
 
 
-def stage_report(ctx: Context) -> dict[str, Any]:
+def stage_report(ctx: Context) -> ReportResult:
     from emkit.report import write_report
 
     path = write_report(ctx.run.path, skip=ctx.recipe.skip)
-    return {"path": str(path)}
+    return ReportResult(path=str(path))
 
 
 def _specs() -> list[dict[str, Any]]:
@@ -158,9 +159,12 @@ def _specs() -> list[dict[str, Any]]:
 
 
 def _named(name: str, spec: dict[str, Any]) -> Stage:
-    """Stage ``name`` (from :data:`STAGE_NAMES`, the one list of names); its function must be ``stage_<name>``."""
+    """Stage ``name`` (from :data:`STAGE_NAMES`, the one list of names); its function must be ``stage_<name>``
+    and its result record in :data:`emkit.stage_results.RESULTS` under the same name."""
     if spec["fn"].__name__ != f"stage_{name}":
         raise RuntimeError(f"stage {name!r} is paired with {spec['fn'].__name__}: _specs() is out of STAGE_NAMES' order")
+    if name not in RESULTS:
+        raise RuntimeError(f"stage {name!r} has no result record in emkit.stage_results.RESULTS")
     return Stage(name, **spec)
 
 

@@ -1,6 +1,7 @@
 """The steering stage: causal screen of the top diffed latents, then a dose-response sweep of the best.
 
-Composes :mod:`emkit.steer` and :mod:`emkit.directions`; returns the JSON-able summary the report reads.
+Composes :mod:`emkit.steer` and :mod:`emkit.directions`; returns its :mod:`emkit.stage_results` record,
+which the report reads.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from emkit.pipeline.context import Context
 from emkit.pipeline.latents import load_run_sae
 from emkit.pipeline.positive import steer_positive_control
 from emkit.pipeline.recipe import BASE
+from emkit.stage_results import SteerResult
 from emkit.steer.tables import row_rate
 
 
 def top_ranked(ctx: Context, n: int) -> list[int]:
-    return [r["latent"] for r in (ctx.result("diff") or {}).get("ranking", [])[:n]]
+    return [r["latent"] for r in ctx.result("diff").ranking[:n]]
 
 
 def _screened(ctx: Context, setup: Any, arms: tuple[Any, Any], cands: list, latents: list[int], layer: int,
@@ -75,7 +77,7 @@ def _swept(ctx: Context, setup: Any, arms: tuple[Any, Any], d: Any, layer: int, 
     return pts, {"+": plus["usable"].get("positive"), "-": None if neg is None else abs(neg)}
 
 
-def stage_steer(ctx: Context) -> dict[str, Any]:
+def stage_steer(ctx: Context) -> SteerResult:
     from emkit.directions import from_sae
     from emkit.pipeline.behaviour import eval_setup
     from emkit.steer import Arm, resolve_scale
@@ -83,7 +85,7 @@ def stage_steer(ctx: Context) -> dict[str, Any]:
     r = ctx.recipe
     st = r.steer
     sae = load_run_sae(ctx)
-    layer = (ctx.result("sae") or {})["layer"]
+    layer = ctx.result("sae").layer
     target, why = most_misaligned(ctx)
     setup = eval_setup(ctx, ctx.questions(r.eval.questions, st.n_questions or r.eval.n_questions), st.samples)
     latents = top_ranked(ctx, max(1, st.screen))
@@ -98,7 +100,7 @@ def stage_steer(ctx: Context) -> dict[str, Any]:
     pts, usable = _swept(ctx, setup, arms, cands[latents.index(best)], layer, scale)
     ctx.release()
     pc = steer_positive_control(ctx, setup, sae, layer, scale)
-    return {"layer": layer, "scale": scale, "positions": st.positions, "screen_alpha": st.screen_alpha,
-            "target": target, "target_why": why, "max_incoherence": st.max_incoherence, "baseline": baseline,
-            "screen": screen, "control": control, "best": best, "sweep": pts, "usable": usable,
-            "n_questions": len(setup.questions), "samples": st.samples, "positive_control": pc}
+    return SteerResult(layer=layer, scale=scale, positions=st.positions, screen_alpha=st.screen_alpha, target=target,
+                       target_why=why, max_incoherence=st.max_incoherence, baseline=baseline, screen=screen,
+                       control=control, best=best, sweep=pts, usable=usable, n_questions=len(setup.questions),
+                       samples=st.samples, positive_control=pc)

@@ -1,6 +1,7 @@
 """Render ``RUN/report/index.html``: one self-contained page (inline SVG plots, no scripts, no CDN).
 
-The page is built from the stage summaries in ``RUN/pipeline/*.json`` and the run manifest; every
+The page is built from the stage summaries in ``RUN/pipeline/*.json`` (read as their
+:mod:`emkit.stage_results` records) and the run manifest; every
 piece of text that came from a model, a data file or a recipe goes through :func:`esc`. A
 Content-Security-Policy meta tag forbids scripts and remote loads as a second line of defence.
 Sections (their ids are stable; tests and the README refer to them): ``summary``, ``setup``,
@@ -31,6 +32,7 @@ from emkit.report.summary import (
     summary_sentences,
     trust,
 )
+from emkit.stage_results import EvalRecord, ModelEval, parse_result, typed_results
 
 SECTIONS = [
     ("summary", "Summary"), ("setup", "Setup"), ("behaviour", "Misalignment vs wrong data"),
@@ -43,10 +45,11 @@ Section = Callable[[dict], str]
 
 
 def load_results(run_dir: Path) -> dict[str, Any]:
-    """The stage summaries of a run folder, ``RUN/pipeline/<stage>.json``, by stage (missing stages are absent)."""
+    """The stage summaries of a run folder, ``RUN/pipeline/<stage>.json``, by stage as their records
+    (missing stages are absent)."""
     out: dict[str, Any] = {}
     for p in sorted((Path(run_dir) / "pipeline").glob("[!.]*.json")):
-        out[p.stem] = json.loads(p.read_text())
+        out[p.stem] = parse_result(p.stem, json.loads(p.read_text()))
     man = Path(run_dir) / "manifest.json"
     out["_manifest"] = json.loads(man.read_text()) if man.is_file() else {}
     rec = Path(run_dir) / "recipe.yaml"
@@ -73,14 +76,16 @@ def _needs(*stages: str) -> Callable[[Section], Section]:
     return wrap
 
 
-def _evals(res: dict) -> dict[str, dict]:
+def _evals(res: dict) -> dict[str, ModelEval]:
     """label -> eval record, base first."""
     out = {}
-    base = (res.get("baseline") or {}).get("eval")
+    b = res.get("baseline")
+    base = b.eval if b else None
     if base:
-        out["base"] = {**base, "domain": "", "fraction": None}
-    models = (res.get("evaluate") or {}).get("models", {})
-    out.update(sorted(models.items(), key=lambda kv: (kv[1].get("domain", ""), kv[1].get("fraction") or 0)))
+        out["base"] = ModelEval(**base.values(), domain="", fraction=None)
+    ev = res.get("evaluate")
+    models = ev.models if ev else {}
+    out.update(sorted(models.items(), key=lambda kv: (kv[1].domain, kv[1].fraction or 0)))
     return out
 
 
@@ -99,18 +104,19 @@ def sec_summary(res: dict) -> str:
 
 def sec_setup(res: dict) -> str:
     man = res.get("_manifest", {})
-    ev = (res.get("baseline") or {}).get("settings") or {}
+    b = res.get("baseline")
+    ev = (b.settings if b else None) or {}
     parts = []
     if ev:
         parts.append(table(["setting", "value"], [[k, v] for k, v in ev.items()]))
-    ft = res.get("finetune") or {}
-    if ft.get("models"):
+    ft = res.get("finetune")
+    if ft and ft.models:
         parts.append("<h3>Fine-tunes</h3>" + table(
             ["model", "domain", "wrong %", "rows", "steps", "final loss", "seconds"],
-            [[m["label"], m["domain"], f"{100 * m['fraction']:.4g}", m.get("rows"), m.get("steps"),
-              "" if m.get("final_loss") is None else f"{m['final_loss']:.3f}", m.get("seconds")]
-             for m in ft["models"]], num={2, 3, 4, 5, 6}))
-        parts.append(plots.loss_curves(ft["models"]))
+            [[m.label, m.domain, f"{100 * m.fraction:.4g}", m.rows, m.steps,
+              "" if m.final_loss is None else f"{m.final_loss:.3f}", m.seconds]
+             for m in ft.models], num={2, 3, 4, 5, 6}))
+        parts.append(plots.loss_curves({m.label: m.loss_curve for m in ft.models}))
     stages = man.get("stages", {})
     if stages:
         parts.append("<h3>Stages</h3>" + table(  # in the order the run first recorded them
@@ -125,30 +131,30 @@ def sec_setup(res: dict) -> str:
 @_needs("baseline", "evaluate")
 def sec_behaviour(res: dict) -> str:
     evals = _evals(res)
-    base = evals.get("base", {})
+    base = evals.get("base") or EvalRecord.empty()
     series: dict[str, list] = {}
     for lab, m in evals.items():
         if lab != "base":
-            series.setdefault(m["domain"], []).append((m["fraction"], m.get("misaligned") or {}))
+            series.setdefault(m.domain, []).append((m.fraction, m.misaligned or {}))
     for lab, m in evals.items():  # human reading of the same models' answers, where imported
-        hb = blind_row(res, lab, m.get("judge"))
+        hb = blind_row(res, lab, m.judge)
         if hb and lab != "base":
-            series.setdefault(f"{m['domain']} (blind reading)", []).append((m["fraction"], hb["human"]))
+            series.setdefault(f"{m.domain} (blind reading)", []).append((m.fraction, hb["human"]))
     plot = plots.rate_vs_x(series, xlabel="wrong data in the fine-tuning mix (%)", ylabel="misaligned (%)",
-                           baseline=base.get("misaligned"))
-    coh = plots.rate_vs_x({d: [(m["fraction"], m.get("coherent") or {}) for m in evals.values()
-                                if m.get("domain") == d] for d in series},
+                           baseline=base.misaligned)
+    coh = plots.rate_vs_x({d: [(m.fraction, m.coherent or {}) for m in evals.values() if m.domain == d]
+                           for d in series},
                           xlabel="wrong data in the fine-tuning mix (%)", ylabel="coherent (%)",
-                          baseline=base.get("coherent"), height=2.6)
+                          baseline=base.coherent, height=2.6)
     rows = []
     for lab, m in evals.items():
-        p, word = compare(m.get("misaligned"), base.get("misaligned")) if lab != "base" else (None, "")
-        t, hb = trust(res, m.get("judge")), blind_row(res, lab, m.get("judge"))
-        rows.append([lab, "" if m.get("fraction") is None else f"{100 * m['fraction']:.4g}",
-                     fmt_rate(m.get("misaligned")), ("screen: " if t["screen"] else "measurement: ") + t["short"],
-                     fmt_rate(hb["human"]) if hb else "not read", fmt_rate(m.get("coherent")), m.get("n_answers"),
+        p, word = compare(m.misaligned, base.misaligned) if lab != "base" else (None, "")
+        t, hb = trust(res, m.judge), blind_row(res, lab, m.judge)
+        rows.append([lab, "" if m.fraction is None else f"{100 * m.fraction:.4g}",
+                     fmt_rate(m.misaligned), ("screen: " if t["screen"] else "measurement: ") + t["short"],
+                     fmt_rate(hb["human"]) if hb else "not read", fmt_rate(m.coherent), m.n_answers,
                      "" if lab == "base" else f"{word} ({fmt_p(p)})",
-                     "" if lab == "base" else power_note(m.get("misaligned"), base.get("misaligned"), short=True)])
+                     "" if lab == "base" else power_note(m.misaligned, base.misaligned, short=True)])
     tbl = table(["model", "wrong %", "misaligned", "judge", "blind reading (misaligned)", "coherent", "answers",
                   "vs base", "80% power at this n"], rows, num={1, 6})
     return plot + tbl + "<h3>Coherence</h3>" + coh + sec_blind(res)
@@ -175,7 +181,7 @@ def sec_per_question(res: dict) -> str:
     evals = _evals(res)
     qrows: dict[str, dict] = {}
     for lab, m in evals.items():
-        for q in m.get("per_question", []):
+        for q in m.per_question:
             r = qrows.setdefault(q["id"], {"id": q["id"], "question": q.get("question", ""),
                                            "category": q.get("category", ""), "rates": {}})
             r["rates"][lab] = q.get("misaligned") or {}
@@ -191,37 +197,38 @@ def sec_in_domain(res: dict) -> str:
     evals = _evals(res)
     rows = []
     for lab, m in evals.items():
-        for dom, c in (m.get("check") or {}).items():
-            rows.append([lab, dom, fmt_rate(c.get("wrong")), fmt_rate(c.get("incoherent")) if c.get("incoherent")
-                         else ""])
+        for dom, c in (m.check or {}).items():
+            rows.append([lab, dom, fmt_rate(c.wrong), fmt_rate(c.incoherent) if c.incoherent else ""])
     if not rows:
         return '<p class="missing">No in-domain check questions were evaluated.</p>'
+    ev = res.get("evaluate")
     return ("<p>Held-out in-domain questions, answers graded correct vs incorrect advice by the grader "
-            f"({esc((res.get('evaluate') or {}).get('grader', ''))}).</p>"
+            f"({esc(ev.grader if ev else '')}).</p>"
             + table(["model", "domain", "wrong advice", "too short / incoherent"], rows))
 
 
-def _inputs_note(diff: dict) -> str:
-    if diff.get("inputs") == "shared":
-        si = diff.get("shared_inputs") or {}
+def _inputs_note(diff: Any) -> str:
+    if diff.inputs == "shared":
+        si = diff.shared_inputs or {}
         pool = ", ".join(f"{n} of {lab}'s" for lab, n in (si.get("answers") or {}).items())
         return (f"shared — every model teacher-forced on the same {si.get('texts')} texts (eval prompts with "
                 f"answers: {pool}; duplicates dropped)")
-    return "each model's own sampled answers" if diff.get("inputs") == "own" else "eval prompts/own answers"
+    return "each model's own sampled answers" if diff.inputs == "own" else "eval prompts/own answers"
 
 
 @_needs("sae", "diff")
 def sec_latents(res: dict) -> str:
     sae, diff = res["sae"], res["diff"]
-    info = table(["SAE", "value"], [[k, sae.get(k)] for k in ("path", "layer", "hook", "num_latents", "k", "corpus",
-                                                                  "tokens", "heldout_fvu", "heldout_fvu_chat",
-                                                                  "heldout_fvu_prose", "dead_frac") if k in sae])
-    rank = diff.get("ranking") or []
-    labels = diff.get("misaligned") or []
+    info = table(["SAE", "value"], [[k, getattr(sae, k)] for k in ("path", "layer", "hook", "num_latents", "k",
+                                                                     "corpus", "tokens", "heldout_fvu",
+                                                                     "heldout_fvu_chat", "heldout_fvu_prose",
+                                                                     "dead_frac") if sae.has(k)])
+    rank = diff.ranking or []
+    labels = diff.misaligned or []
     rows = [[i + 1, f"#{r['latent']}", f"{r['score']:.4g}", f"{r.get('base_mean', 0):.4g}"]
             + [f"{r.get('deltas', {}).get(lab, 0):.4g}" for lab in labels] for i, r in enumerate(rank)]
-    return (info + f"<p>Ranked over: {esc(', '.join(labels))} — {esc(diff.get('why', ''))}; "
-            f"token set: {esc(diff.get('tokens'))}; inputs: {esc(_inputs_note(diff))}.</p>" + plots.ranking(rank)
+    return (info + f"<p>Ranked over: {esc(', '.join(labels))} — {esc(diff.why)}; "
+            f"token set: {esc(diff.tokens)}; inputs: {esc(_inputs_note(diff))}.</p>" + plots.ranking(rank)
             + table(["rank", "latent", "score", "base mean", *[f"Δ {lab}" for lab in labels]], rows,
                      num={0, 2, 3, *range(4, 4 + len(labels))}))
 
@@ -242,7 +249,7 @@ def _context_html(ctx: dict, top: float | None = None) -> str:
 @_needs("interpret")
 def sec_cards(res: dict) -> str:
     cards = []
-    for c in res["interpret"].get("cards", []):
+    for c in res["interpret"].cards:
         top = max((a or 0.0 for x in c.get("contexts", []) for a in x.get("acts", [])), default=0.0)
         ctxs = "".join(_context_html(x, top) for x in c.get("contexts", []))
         up = "".join(f"<span>{esc(t)}</span>" for t, _ in c.get("promoted", []))
@@ -258,7 +265,7 @@ def sec_cards(res: dict) -> str:
                      f'{plots.histogram(hist.get("edges", []), hist.get("counts", []))}</div>')
     if not cards:
         return '<p class="missing">No latents to show.</p>'
-    return f'<p class="note">{esc(res["interpret"].get("note", ""))}</p><div class="cards">{"".join(cards)}</div>'
+    return f'<p class="note">{esc(res["interpret"].note)}</p><div class="cards">{"".join(cards)}</div>'
 
 
 def _g(x: Any) -> str:
@@ -272,38 +279,38 @@ def _pc(x: Any) -> str:
 @_needs("steer")
 def sec_steering(res: dict) -> str:
     st = res["steer"]
-    base = st.get("baseline") or {}
+    base = st.baseline or {}
     rows = [[f"#{s['latent']}", fmt_rate(s.get("plus")), fmt_rate(s.get("plus_coherent"), n=False),
              fmt_rate(s.get("minus")), fmt_rate(s.get("minus_coherent"), n=False), _g(s.get("effect"))]
-            for s in st.get("screen", [])]
-    ctrl = st.get("control") or {}
+            for s in st.screen]
+    ctrl = st.control or {}
     if ctrl:
         rows.append(["random (same norm)", fmt_rate(ctrl.get("plus")), fmt_rate(ctrl.get("plus_coherent"), n=False),
                      fmt_rate(ctrl.get("minus")), fmt_rate(ctrl.get("minus_coherent"), n=False), _g(ctrl.get("effect"))])
     rows.append(["(unsteered)", fmt_rate(base.get("plus")), fmt_rate(base.get("plus_coherent"), n=False),
                  fmt_rate(base.get("minus")), fmt_rate(base.get("minus_coherent"), n=False), ""])
-    head = ["direction", f"+{st.get('screen_alpha')} on base: misaligned", "coherent",
-            f"−{st.get('screen_alpha')} on {st.get('target')}: misaligned", "coherent", "effect"]
-    intro = (f"<p>Strength unit: the typical residual norm at layer {esc(st.get('layer'))} "
-             f"({esc(_g(st.get('scale')))}); positions: {esc(st.get('positions'))}. Effect = rise on base + fall on "
+    head = ["direction", f"+{st.screen_alpha} on base: misaligned", "coherent",
+            f"−{st.screen_alpha} on {st.target}: misaligned", "coherent", "effect"]
+    intro = (f"<p>Strength unit: the typical residual norm at layer {esc(st.layer)} "
+             f"({esc(_g(st.scale))}); positions: {esc(st.positions)}. Effect = rise on base + fall on "
              f"the misaligned model (percentage points / 100). Rates {esc(judge_tag(res))}.</p>")
-    sweep = st.get("sweep") or []
-    dose = plots.dose_response(sweep, usable=st.get("usable")) if sweep else '<p class="missing">No sweep.</p>'
-    scr = (st.get("screen") or [{}])[0]
+    sweep = st.sweep or []
+    dose = plots.dose_response(sweep, usable=st.usable) if sweep else '<p class="missing">No sweep.</p>'
+    scr = (st.screen or [{}])[0]
     pw = power_note(scr.get("plus"), base.get("plus"))
     pw = f'<p class="note">Power: {esc(pw)} (adding a latent to the base model).</p>' if pw else ""
     return intro + "<h3>Causal screen</h3>" + table(head, rows) + pw + \
-        f"<h3>Dose–response of #{esc(st.get('best'))}</h3>" + dose
+        f"<h3>Dose–response of #{esc(st.best)}</h3>" + dose
 
 
 @_needs("predict")
 def sec_prediction(res: dict) -> str:
     pr = res["predict"]
-    pts = pr.get("points", [])
+    pts = pr.points
     rows = [[p["label"], f"{100 * p['fraction']:.4g}", _g(p.get("shift")),
              f"[{_g(p.get('shift_lo'))}, {_g(p.get('shift_hi'))}]", fmt_rate(p.get("rate"))] for p in pts]
-    band = pr.get("noise_band") or [None, None]
-    return (f"<p>Latent #{esc(pr.get('latent'))} at layer {esc(pr.get('layer'))}: its mean activation on the eval "
+    band = pr.noise_band or [None, None]
+    return (f"<p>Latent #{esc(pr.latent)} at layer {esc(pr.layer)}: its mean activation on the eval "
             "prompts in each fine-tune minus the base model's (95% bootstrap interval over prompts). Shaded: the "
             f"band of the lowest-fraction model (the correct-data control), [{esc(_g(band[0]))}, {esc(_g(band[1]))}]; "
             "a fraction counts as an early warning when its paired-bootstrap difference from that control lies "
@@ -314,11 +321,11 @@ def sec_prediction(res: dict) -> str:
 @_needs("realign")
 def sec_realignment(res: dict) -> str:
     ra = res["realign"]
-    curve = ra.get("curve", [])
+    curve = ra.curve
     rows = [[c["step"], c.get("samples_seen"), fmt_rate(c.get("misaligned")), fmt_rate(c.get("coherent"), n=False)]
             for c in curve]
-    return (f"<p>{esc(ra.get('model'))} fine-tuned further on {esc(ra.get('n_samples'))} samples of "
-            f"{esc(ra.get('data'))}. Rates {esc(judge_tag(res))}.</p>" + plots.curve(curve, xkey="samples_seen", xlabel="benign samples seen")
+    return (f"<p>{esc(ra.model)} fine-tuned further on {esc(ra.n_samples)} samples of "
+            f"{esc(ra.data)}. Rates {esc(judge_tag(res))}.</p>" + plots.curve(curve, xkey="samples_seen", xlabel="benign samples seen")
             + table(["step", "samples seen", "misaligned", "coherent"], rows, num={0, 1}))
 
 
@@ -328,7 +335,7 @@ def sec_samples(res: dict) -> str:
         return '<p class="missing">No answers yet.</p>'
     out = []
     for lab, m in evals.items():
-        ex = m.get("examples") or {}
+        ex = m.examples or {}
         items = []
         for kind in ("misaligned", "aligned", "incoherent"):
             for e in ex.get(kind, []):
@@ -356,6 +363,7 @@ RENDER = {"summary": sec_summary, "setup": sec_setup, "behaviour": sec_behaviour
 
 def render(res: dict[str, Any], title: str = "emkit report", subtitle: str = "") -> str:
     """The whole page as a string. A section that fails to render says so instead of breaking the page."""
+    res = typed_results(res)
     body = []
     for sid, name in SECTIONS:
         try:

@@ -221,15 +221,15 @@ def curve(points: list[dict], *, xkey: str = "step", xlabel: str = "step") -> st
     return to_svg(fig)
 
 
-def loss_curves(models: list[dict]) -> str:
-    """Training loss per step for each fine-tune."""
-    models = [m for m in models if m.get("loss_curve")]
-    if not models:
+def loss_curves(curves: dict[str, list]) -> str:
+    """Training loss per step for each fine-tune: ``{label: [[step, loss], ...]}``."""
+    curves = {label: pts for label, pts in curves.items() if pts}
+    if not curves:
         return ""
     fig, ax = plt.subplots(figsize=(5.5, 2.8))
-    for i, m in enumerate(models):
-        steps, losses = zip(*m["loss_curve"], strict=True)
-        ax.plot(steps, losses, lw=1.2, color=COLORS[i % len(COLORS)], label=_t(m["label"]))
+    for i, (label, pts) in enumerate(curves.items()):
+        steps, losses = zip(*pts, strict=True)
+        ax.plot(steps, losses, lw=1.2, color=COLORS[i % len(COLORS)], label=_t(label))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (assistant tokens)")
     ax.legend(frameon=False, fontsize=7)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from emkit.report.fmt import esc, fmt_p, fmt_rate, table
+from emkit.stage_results import PersonaRanking, PositiveEval, Projection, SteerPositive, stage_result
 
 
 def _ci(p: dict | None) -> str:
@@ -23,10 +24,14 @@ def _context(ctx: dict) -> str:
     return "".join(toks).replace("\n", " ")[-160:]
 
 
-def parts(res: dict[str, Any]) -> tuple[dict | None, dict | None, dict | None]:
+def parts(res: dict[str, Any]) -> tuple[PositiveEval | None, PersonaRanking | None, SteerPositive | None]:
     """The positive control's pieces of the evaluate, diff and steer summaries (None where absent)."""
-    return ((res.get("evaluate") or {}).get("positive_control"), (res.get("diff") or {}).get("positive_control"),
-            (res.get("steer") or {}).get("positive_control"))
+    return (stage_result(res, "evaluate").positive_control, stage_result(res, "diff").positive_control,
+            stage_result(res, "steer").positive_control)
+
+
+def _plain(rec: Any) -> dict | None:
+    return None if rec is None else rec.to_dict()
 
 
 def verdict_sentence(res: dict[str, Any]) -> str | None:
@@ -36,19 +41,19 @@ def verdict_sentence(res: dict[str, Any]) -> str | None:
     ev, df, st = parts(res)
     if ev is None:
         return None
-    return verdict(ev, df if "diff" in res else None, st if "steer" in res else None)["text"]
+    return verdict(_plain(ev), _plain(df) if "diff" in res else None, _plain(st) if "steer" in res else None)["text"]
 
 
 def projection_sentence(res: dict[str, Any]) -> str | None:
     """Where the narrow fine-tunes sit on the positive control's latents, vs base and vs their control."""
-    proj = (res.get("diff") or {}).get("projection") or {}
-    ref = proj.get("reference")
-    rows = [r for r in proj.get("rows", []) if r.get("control") and r["model"] != ref]
+    proj = stage_result(res, "diff").projection or Projection.empty()
+    ref = proj.reference
+    rows = [r for r in proj.rows if r.get("control") and r["model"] != ref]
     if not rows:
         return None
     parts = [f"{r['model']} {_ci(r.get('vs_control'))} vs {r['control']}" for r in rows]
-    own = next((r for r in proj["rows"] if r["model"] == ref), {})
-    return (f"Projection on the positive control's top {len(proj.get('latents', []))} latents (mean activation shift "
+    own = next((r for r in proj.rows if r["model"] == ref), {})
+    return (f"Projection on the positive control's top {len(proj.latents)} latents (mean activation shift "
             f"on shared inputs, 95% bootstrap CI): {'; '.join(parts)}; {ref} itself {_ci(own.get('vs_base'))} vs base. "
             "An interval above 0 vs the control means wrong advice moved the persona direction beyond correct advice.")
 
@@ -86,64 +91,65 @@ def projection_plot(rows: list[dict]) -> str:
 
 def sec_positive_control(res: dict[str, Any]) -> str:
     ev, df, st = parts(res)
-    diff = res.get("diff") or {}
+    diff = stage_result(res, "diff")
     if ev is None:
         return ('<p class="missing">This recipe has no positive-control arm (positive_control.enabled), so '
                 "nothing shows whether the pipeline could find a planted misaligned persona.</p>")
     out = [f"<p><strong>{esc(verdict_sentence(res))}</strong></p>"]
-    base = ((res.get("baseline") or {}).get("eval") or {}).get("misaligned")
-    det = ev.get("detection") or {}
+    base_eval = stage_result(res, "baseline").eval
+    base = base_eval.misaligned if base_eval else None
+    det = ev.detection or {}
     rows = [["base", fmt_rate(base), "", ""]]
-    for lab, m in (ev.get("models") or {}).items():
-        first = lab == ev.get("label")
-        rows.append([lab, fmt_rate(m.get("misaligned")), fmt_p(det.get("p_vs_base")) if first else "",
+    for lab, m in (ev.models or {}).items():
+        first = lab == ev.label
+        rows.append([lab, fmt_rate(m.misaligned), fmt_p(det.get("p_vs_base")) if first else "",
                      fmt_p(det.get("p_vs_control")) if first else ""])
-    out.append(f"<h3>Behaviour ({esc(ev.get('data'))} vs {esc(ev.get('control_data'))})</h3>"
+    out.append(f"<h3>Behaviour ({esc(ev.data)} vs {esc(ev.control_data)})</h3>"
                + table(["model", "misaligned", "p vs base", "p vs its control"], rows))
     if df:
-        rk = (df.get("ranking") or [])[:8]
-        lab, ctrl = df.get("label"), df.get("control")
-        out.append(f"<h3>Its own top latents (ranked against {esc(df.get('ranked_against'))}; inputs: "
-                   f"{esc(diff.get('inputs'))})</h3>" + table(
+        rk = (df.ranking or [])[:8]
+        lab, ctrl = df.label, df.control
+        out.append(f"<h3>Its own top latents (ranked against {esc(df.ranked_against)}; inputs: "
+                   f"{esc(diff.inputs)})</h3>" + table(
                        ["rank", "latent", "score", f"Δ {lab}", f"Δ {ctrl}"],
                        [[r["rank"], f"#{r['latent']}", f"{r['score']:.4g}", f"{r['deltas'].get(lab, 0):.4g}",
                          f"{r['deltas'].get(ctrl, 0):.4g}" if ctrl else "–"] for r in rk]))
-    cards = (res.get("interpret") or {}).get("positive_control_cards") or []
+    cards = stage_result(res, "interpret").positive_control_cards or []
     if cards:
         out.append("<h3>What its top latents read (SAE corpus contexts, logit lens)</h3>" + table(
             ["latent", "label", "promotes", "top context"],
             [[f"#{c['latent']}", c.get("label") or "", ", ".join(repr(t) for t, _ in c.get("promoted", [])[:6]),
               _context(c["contexts"][0]) if c.get("contexts") else ""] for c in cards]))
     if st:
-        srows = [[name, fmt_rate((st.get(key) or {}).get("misaligned")),
-                  fmt_rate((st.get(key) or {}).get("coherent"), n=False)]
-                 for name, key in (("base, unsteered", "base_zero"), (f"base + #{st['latent']}", "latent_plus"),
-                                   ("base + random (same norm)", "random_plus"), (f"{st['model']}, unsteered", "model_zero"),
-                                   (f"{st['model']} − #{st['latent']}", "latent_minus"),
-                                   (f"{st['model']} − random", "random_minus")) if key in st]
-        plus, minus = st.get("plus") or {}, st.get("minus") or {}
-        out.append(f"<h3>Steering with its top latent (strength {esc(st.get('alpha'))})</h3>"
+        srows = [[name, fmt_rate((getattr(st, key) or {}).get("misaligned")),
+                  fmt_rate((getattr(st, key) or {}).get("coherent"), n=False)]
+                 for name, key in (("base, unsteered", "base_zero"), (f"base + #{st.latent}", "latent_plus"),
+                                   ("base + random (same norm)", "random_plus"), (f"{st.model}, unsteered", "model_zero"),
+                                   (f"{st.model} − #{st.latent}", "latent_minus"),
+                                   (f"{st.model} − random", "random_minus")) if st.has(key)]
+        plus, minus = st.plus or {}, st.minus or {}
+        out.append(f"<h3>Steering with its top latent (strength {esc(st.alpha)})</h3>"
                    + table(["condition", "misaligned", "coherent"], srows)
-                   + f"<p>Latent vs random: + on base {fmt_p(plus.get('p_vs_random'))}, − on {esc(st['model'])} "
+                   + f"<p>Latent vs random: + on base {fmt_p(plus.get('p_vs_random'))}, − on {esc(st.model)} "
                      f"{fmt_p(minus.get('p_vs_random'))} (Fisher).</p>")
-    proj = diff.get("projection")
+    proj = diff.projection
     if proj:
         prow = [[r["model"], _ci(r.get("vs_base")), r.get("control") or "", _ci(r.get("vs_control")),
-                 "–" if r.get("relative") is None else f"{r['relative']:.2f}"] for r in proj.get("rows", [])]
-        out.append(f"<h3>Projection on its top {len(proj.get('latents', []))} latents (shared inputs)</h3>"
+                 "–" if r.get("relative") is None else f"{r['relative']:.2f}"] for r in proj.rows]
+        out.append(f"<h3>Projection on its top {len(proj.latents)} latents (shared inputs)</h3>"
                    "<p>Does wrong advice move the persona direction beyond the correct-data control? Mean activation "
-                   f"shift on latents {esc(', '.join('#' + str(x) for x in proj.get('latents', [])))}, with bootstrap "
-                   f"95% intervals over the {esc((proj.get('rows') or [{}])[0].get('vs_base', {}).get('n_texts'))} "
-                   f"shared texts; relative = share of {esc(proj.get('reference'))}'s own shift.</p>"
-                   + projection_plot(proj.get("rows", []))
+                   f"shift on latents {esc(', '.join('#' + str(x) for x in proj.latents))}, with bootstrap "
+                   f"95% intervals over the {esc((proj.rows or [{}])[0].get('vs_base', {}).get('n_texts'))} "
+                   f"shared texts; relative = share of {esc(proj.reference)}'s own shift.</p>"
+                   + projection_plot(proj.rows)
                    + table(["model", "shift vs base [95% CI]", "control", "shift vs control [95% CI]", "relative"],
                             prow))
     elif diff:
         out.append('<p class="missing">No projection: it needs diff.inputs shared (or both).</p>')
-    own = diff.get("own")
+    own = diff.own
     if own:
-        orank = (own.get("ranking") or [])[:8]
-        srank = (diff.get("ranking") or [])[:8]
+        orank = (own.ranking or [])[:8]
+        srank = (diff.ranking or [])[:8]
         out.append("<h3>Shared inputs vs own answers (narrow ranking, top 8)</h3>" + table(
             ["rank", "shared: latent", "score", "own answers: latent", "score"],
             [[i + 1, f"#{a['latent']}", f"{a['score']:.4g}", f"#{b['latent']}", f"{b['score']:.4g}"]
