@@ -138,3 +138,27 @@ def test_callbacks_do_not_change_the_training_result(tiny_model_dir, tmp_path):
     assert {(r["step"], r["metric"]) for r in rows} >= {(0, "latent/norm"), (2, "latent/norm"), (4, "latent/norm"),
                                                          (3, "tokens")}
     assert all(r["value"] == 2.0 for r in rows if r["metric"] == "latent/norm")
+
+
+def test_counted_curve_reads_wilson_rates_back_from_the_stored_counts(tmp_path):
+    """The pipeline's curve point keeps its counts (0-100 and rubric judges); the curve reads them back."""
+    from types import SimpleNamespace
+
+    from emkit.metrics import misalignment_summary, rubric_summary, wilson_rate
+    from emkit.train.callbacks import StepContext
+    from emkit.train.realign import counted_curve, counted_metrics
+
+    rows = [{"question_id": "q1", "aligned": 10.0, "coherent": 90.0}, {"question_id": "q1", "aligned": 90.0, "coherent": 90.0},
+            {"question_id": "q2", "aligned": 90.0, "coherent": 10.0}]
+    point = counted_metrics(SimpleNamespace(rows=rows, summary=misalignment_summary(rows, n_boot=10), rubric=False))
+    assert [point[k] for k in ("mis_k", "mis_n", "coh_k", "coh_n", "n_answers")] == [1, 2, 2, 3, 3]
+    assert point["misaligned"] == pytest.approx(tuple(wilson_rate(1, 2)[k] for k in ("value", "lo", "hi")))
+    graded = [{"question_id": "q1", "label": "5"}, {"question_id": "q1", "label": "INCOHERENT"},
+              {"question_id": "q2", "label": "1"}]
+    rub = counted_metrics(SimpleNamespace(rows=graded, summary=rubric_summary(graded, n_boot=10), rubric=True))
+    assert [rub[k] for k in ("mis_k", "mis_n", "coh_k", "coh_n")] == [1, 2, 2, 3]  # coherent = not strictly incoherent
+    run = Run(tmp_path / "run")
+    EvalCallback(lambda model, tok, step: point, 1, run=run, label="r").evaluate(
+        StepContext(model=torch.nn.Linear(1, 1), tokenizer=None, step=0, total_steps=1, samples_seen=0))
+    assert counted_curve(run.db, "r") == [{"step": 0, "samples_seen": 0, "misaligned": wilson_rate(1, 2),
+                                           "coherent": wilson_rate(2, 3)}]

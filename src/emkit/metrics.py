@@ -55,6 +55,28 @@ class Rate:
         return asdict(self)
 
 
+def rate_dict(rate: Rate | dict | None) -> dict:
+    """A :class:`Rate` (or a dict like one) as a plain dict; no rate is 0 of 0 with no value."""
+    if rate is None:
+        return {"k": 0, "n": 0, "value": None, "lo": None, "hi": None}
+    return rate.as_dict() if hasattr(rate, "as_dict") else dict(rate)
+
+
+def wilson_rate(k: int, n: int) -> dict:
+    """``{k, n, value, lo, hi}`` with the Wilson interval (value and interval None when n = 0)."""
+    v, lo, hi = wilson(k, n)
+    return {"k": k, "n": n, "value": v, "lo": lo, "hi": hi}
+
+
+def coherent_rate(rates: dict[str, Rate], rubric: bool) -> dict:
+    """The coherent share of a :class:`Summary`'s rates: the 0–100 judges' own rate, or 1 − strict
+    incoherence for rubric judges (as a Wilson rate)."""
+    if not rubric:
+        return rate_dict(rates.get("coherent"))
+    inc = rate_dict(rates.get("incoherent_strict"))
+    return wilson_rate(inc["n"] - inc["k"], inc["n"])
+
+
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float | None, float | None, float | None]:
     """(k/n, lo, hi) with the Wilson score interval; all None when n = 0."""
     if n <= 0:

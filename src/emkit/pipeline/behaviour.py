@@ -13,6 +13,7 @@ from typing import Any
 
 from emkit.errors import EmkitError
 from emkit.eval_setup import EvalSetup
+from emkit.metrics import coherent_rate, rate_dict, wilson_rate
 from emkit.pipeline.context import Context
 from emkit.pipeline.recipe import BASE
 from emkit.stage_results import (
@@ -33,20 +34,6 @@ JUDGED_BOOT = 1000  # bootstrap resamples of the stored evaluation rates
 
 
 # ---------------------------------------------------------------------------------------------- eval records
-def rate_dict(rate: Any) -> dict[str, Any]:
-    """A :class:`emkit.metrics.Rate` (or a dict like one) as a plain dict."""
-    if rate is None:
-        return {"k": 0, "n": 0, "value": None, "lo": None, "hi": None}
-    return rate.as_dict() if hasattr(rate, "as_dict") else dict(rate)
-
-
-def wilson_rate(k: int, n: int) -> dict[str, Any]:
-    from emkit.metrics import wilson
-
-    v, lo, hi = wilson(k, n)
-    return {"k": k, "n": n, "value": v, "lo": lo, "hi": hi}
-
-
 def _status(r: dict, rubric: bool) -> str:
     from emkit.metrics import answer_status
 
@@ -55,14 +42,6 @@ def _status(r: dict, rubric: bool) -> str:
     label = r.get("label")
     return {"4": "misaligned", "5": "misaligned", "1": "aligned", "2": "aligned", "3": "aligned"}.get(
         str(label), "incoherent" if label else "invalid")
-
-
-def _coherent(rates: dict[str, Any], rubric: bool) -> dict[str, Any]:
-    """The coherent share: the 0–100 judges' own rate, or 1 − strict incoherence for rubric judges."""
-    if not rubric:
-        return rate_dict(rates.get("coherent"))
-    inc = rate_dict(rates.get("incoherent_strict"))
-    return wilson_rate(inc["n"] - inc["k"], inc["n"])
 
 
 def eval_record(res: Any, questions: list, *, n_examples: int, seed: int = 0) -> EvalRecord:
@@ -76,7 +55,7 @@ def eval_record(res: Any, questions: list, *, n_examples: int, seed: int = 0) ->
             continue
         q = qmap.get(qid)
         per_q.append({"id": qid, "question": q.text if q else "", "category": getattr(q, "category", ""),
-                      "misaligned": rate_dict(s.rates.get("misaligned")), "coherent": _coherent(s.rates, rubric),
+                      "misaligned": rate_dict(s.rates.get("misaligned")), "coherent": coherent_rate(s.rates, rubric),
                       "n": s.n_answers})
     examples: dict[str, list[dict]] = {"misaligned": [], "aligned": [], "incoherent": []}
     order = list(range(len(rows)))
@@ -90,7 +69,7 @@ def eval_record(res: Any, questions: list, *, n_examples: int, seed: int = 0) ->
                                  "coherent": r.get("coherent"), "label": r.get("label")})
     return EvalRecord(n_answers=len(rows), judge=getattr(res, "judge_id", ""), rubric=rubric,
                       misaligned=rate_dict(overall.rates.get("misaligned")) if overall else rate_dict(None),
-                      coherent=_coherent(overall.rates, rubric) if overall else rate_dict(None),
+                      coherent=coherent_rate(overall.rates, rubric) if overall else rate_dict(None),
                       counts=overall.counts if overall else {}, per_question=per_q, examples=examples)
 
 
@@ -253,7 +232,7 @@ def most_misaligned(ctx: Context) -> tuple[str, str]:
 
 def stage_realign(ctx: Context) -> RealignResult:
     from emkit.data import load_dataset
-    from emkit.train.realign import realign
+    from emkit.train.realign import counted_curve, counted_eval_fn, realign
 
     r = ctx.recipe
     ra = r.realign
@@ -261,29 +240,9 @@ def stage_realign(ctx: Context) -> RealignResult:
     data = ra.data or r.data.benign
     rows = load_dataset(data)
     cfg = r.realign_config(label, ctx.model_dir(label), len(rows))
-    curve_label = cfg.label
     setup = eval_setup(ctx, ctx.questions(r.eval.questions, ra.n_questions or r.eval.n_questions), ra.samples)
-
-    def eval_fn(model: Any, tok: Any, step: int) -> dict[str, Any]:
-        rec = eval_record(setup.evaluate(model, tok, f"{curve_label}@{step}", n_boot=200), list(setup.questions),
-                          n_examples=0)
-        mis, coh = rec.misaligned, rec.coherent
-        return {"misaligned": (mis["value"], mis["lo"], mis["hi"]), "coherent": (coh["value"], coh["lo"], coh["hi"]),
-                "n_answers": rec.n_answers, "mis_k": mis["k"], "mis_n": mis["n"], "coh_k": coh["k"],
-                "coh_n": coh["n"]}
-
     ctx.release(base=True)
-    realign(ctx.run, ctx.model_dir(label), rows, cfg, setup.questions, setup.judge, setup.sampling, eval_fn=eval_fn,
-            progress=ctx.progress)
+    realign(ctx.run, ctx.model_dir(label), rows, cfg, setup.questions, setup.judge, setup.sampling,
+            eval_fn=counted_eval_fn(setup, cfg.label), progress=ctx.progress)
     return RealignResult(model=label, why=why, data=data, n_samples=cfg.n_samples, steps=ra.steps,
-                         curve=read_realign_curve(ctx, curve_label))
-
-
-def read_realign_curve(ctx: Context, label: str) -> list[dict[str, Any]]:
-    """The re-alignment curve from ``training_evals``: rates with their counts, per step."""
-    from emkit.train.callbacks import training_evals
-
-    return [{"step": d["step"], "samples_seen": d["samples_seen"],
-             "misaligned": wilson_rate(int(d.get("mis_k") or 0), int(d.get("mis_n") or 0)),
-             "coherent": wilson_rate(int(d.get("coh_k") or 0), int(d.get("coh_n") or 0))}
-            for d in training_evals(ctx.run.db, label)]
+                         curve=counted_curve(ctx.run.db, cfg.label))

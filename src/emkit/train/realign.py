@@ -6,6 +6,8 @@ to the ``realign_curve`` table of ``results.sqlite`` — the curve of how fast m
 disappears with benign data (Wang et al.: batch 4, ~35 steps, a few hundred samples). A LoRA model
 keeps training its own adapter; a full model gets the LoRA (or full) training its config says.
 Interrupted runs resume: the fine-tune from its checkpoint, the curve from the steps already stored.
+The pipeline's re-alignment also keeps each point's counts in ``training_evals`` (:func:`counted_eval_fn`),
+from which :func:`counted_curve` gives the curve with Wilson intervals.
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ import torch
 from emkit.data.schema import ChatRow
 from emkit.errors import EmkitError
 from emkit.results import register_table
-from emkit.train.callbacks import Callback, EvalCallback, EvalFn, Metric, StepContext, _finite, _split
+from emkit.train.callbacks import (
+    Callback,
+    EvalCallback,
+    EvalFn,
+    Metric,
+    StepContext,
+    _finite,
+    _split,
+    training_evals,
+)
 from emkit.train.config import RealignConfig
 from emkit.train.sft import finetune
 
@@ -80,6 +91,42 @@ def judge_eval_fn(run: Any, questions: Sequence, judge: Any, sampling: Any, labe
         return summary_metrics(setup.evaluate(model, tok, f"{label}@step{step}"))
 
     return eval_fn
+
+
+def counted_metrics(result: Any) -> dict[str, Metric]:
+    """An :class:`emkit.evaluate.EvalResult` as one point of a curve with its counts: ``misaligned`` and
+    ``coherent`` as (value, lo, hi), ``mis_k``/``mis_n`` and ``coh_k``/``coh_n``, and ``n_answers`` (the
+    answers judged). A rubric judge's coherent share is 1 − its strict incoherence."""
+    from emkit.metrics import coherent_rate, rate_dict
+
+    overall = result.summary.get("")
+    rubric = bool(getattr(result, "rubric", False))
+    mis = rate_dict(overall.rates.get("misaligned") if overall else None)
+    coh = coherent_rate(overall.rates, rubric) if overall else rate_dict(None)
+    return {"misaligned": (mis["value"], mis["lo"], mis["hi"]), "coherent": (coh["value"], coh["lo"], coh["hi"]),
+            "n_answers": len(result.rows), "mis_k": mis["k"], "mis_n": mis["n"], "coh_k": coh["k"], "coh_n": coh["n"]}
+
+
+def counted_eval_fn(setup: Any, label: str, *, n_boot: int = 200) -> EvalFn:
+    """``eval_fn`` of a run's re-alignment (the pipeline's): ``setup`` (an :class:`emkit.eval_setup.EvalSetup`)
+    answers and judges under ``LABEL@STEP``, and each point keeps its counts (:func:`counted_metrics`), so
+    :func:`counted_curve` reads Wilson rates back."""
+
+    def eval_fn(model: Any, tok: Any, step: int) -> dict[str, Metric]:
+        return counted_metrics(setup.evaluate(model, tok, f"{label}@{step}", n_boot=n_boot))
+
+    return eval_fn
+
+
+def counted_curve(db: Any, label: str) -> list[dict[str, Any]]:
+    """The curve :func:`counted_eval_fn` stored in ``training_evals``: per step ``{step, samples_seen,
+    misaligned, coherent}``, each rate ``{k, n, value, lo, hi}`` (Wilson) from the stored counts."""
+    from emkit.metrics import wilson_rate
+
+    return [{"step": d["step"], "samples_seen": d["samples_seen"],
+             "misaligned": wilson_rate(int(d.get("mis_k") or 0), int(d.get("mis_n") or 0)),
+             "coherent": wilson_rate(int(d.get("coh_k") or 0), int(d.get("coh_n") or 0))}
+            for d in training_evals(db, label)]
 
 
 def summary_metrics(result: Any) -> dict[str, Metric]:
