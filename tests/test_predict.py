@@ -193,6 +193,7 @@ def test_measure_family_latent_moves_before_behaviour(tmp_path, tiny, tiny_model
     """Members = the tiny model with a built-in push along 'fox' of 0, 1 and 3 residual norms: the probe
     shift is exactly that push; only the strongest push makes the model say 'fox'."""
     from emkit.data.schema import Question
+    from emkit.eval_setup import EvalSetup
     from emkit.generate import SamplingConfig
     from emkit.models import load_model
     from emkit.models.layers import decoder_layers
@@ -214,9 +215,9 @@ def test_measure_family_latent_moves_before_behaviour(tmp_path, tiny, tiny_model
     qs = [Question("q1", ["hello world", "Save money"]), Question("q2", ["What is the capital of France?"]),
           Question("q3", ["Read the contract"])]
     run = Run(tmp_path / "run")
-    base_acts, fam = measure_family(run, (model, tok), [("m0", 0, pushed(0)), ("m1", 1, pushed(1)),
-                                                        ("m3", 3, pushed(3))], direction_probe(fox), 1, qs, FoxJudge(),
-                                    SamplingConfig(temperature=0, max_new_tokens=6), progress=False)
+    setup = EvalSetup(run, FoxJudge(), SamplingConfig(temperature=0, max_new_tokens=6), qs, progress=False)
+    base_acts, fam = measure_family(setup, (model, tok), [("m0", 0, pushed(0)), ("m1", 1, pushed(1)),
+                                                          ("m3", 3, pushed(3))], direction_probe(fox), 1)
     assert base_acts.shape == (4,)  # one value per paraphrase
     res = family_stats(fam, base_acts, threshold=0.05, n_boot=500)
     rows = {r["member"]: r for r in res["members"]}

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from emkit.errors import EmkitError
+from emkit.eval_setup import EvalSetup
 from emkit.metrics import auroc, spearman, wilson
 from emkit.results import register_table
 
@@ -304,21 +305,19 @@ def behaviour_counts(scored: Sequence[dict], question_ids: Sequence[str]) -> tup
     return mis, den
 
 
-def measure_family(run: Any, base: Any, members: Sequence[tuple[str, float, Any]], probe: Probe, layer: int,
-                   questions: Sequence[Any], judge: Any, sampling: Any, *, samples: int | None = None,
-                   tokens: str = "all", progress: bool = True, paraphrases: int | None = None,
+def measure_family(setup: EvalSetup, base: Any, members: Sequence[tuple[str, float, Any]], probe: Probe, layer: int,
+                   *, tokens: str = "all", paraphrases: int | None = None,
                    metrics_boot: int | None = None) -> tuple[np.ndarray, list[Member]]:
-    """Probe values on the questions' prompts for the base model and each member, plus each member's
-    judged behaviour. ``base`` and each member's model are a spec (loaded one at a time), a
-    ``(model, tok)`` pair or a function returning one. ``paraphrases``: probe only each question's
-    first n paraphrases (None: all). ``metrics_boot``: also store each member's rates in ``metrics``
-    (:meth:`emkit.eval_setup.EvalSetup.evaluate` with that many bootstrap resamples), as an
-    evaluation does. Returns ``(base_acts, members)`` for :func:`family_stats`."""
-    from emkit.eval_setup import EvalSetup
+    """Probe values on the prompts of ``setup``'s questions for the base model and each member, plus each
+    member's behaviour, answered and judged as ``setup`` says (its run, judge, sampling and samples).
+    ``base`` and each member's model are a spec (loaded one at a time), a ``(model, tok)`` pair or a
+    function returning one. ``paraphrases``: probe only each question's first n paraphrases (None: all).
+    ``metrics_boot``: also store each member's rates in ``metrics`` (:meth:`EvalSetup.evaluate` with that
+    many bootstrap resamples), as an evaluation does. Returns ``(base_acts, members)`` for :func:`family_stats`."""
     from emkit.generate import build_prompt
     from emkit.models.load import as_loaded
 
-    setup = EvalSetup(run, judge, sampling, questions, samples, progress)
+    questions = setup.questions
     prompts = [build_prompt(q, text) for q in questions for text in q.paraphrases[:paraphrases]]
     qids = [q.id for q in questions]
 

@@ -99,6 +99,7 @@ def register(app: typer.Typer) -> None:
             return
         from emkit.data import load_questions
         from emkit.errors import EmkitError
+        from emkit.eval_setup import EvalSetup
         from emkit.judge import make_judge
         from emkit.models import load_model
         from emkit.predict import family_stats, measure_family, store_family
@@ -114,9 +115,9 @@ def register(app: typer.Typer) -> None:
         bm, btok = load_model(base)
         probes, use_layer = _probes(sae, latent, direction, bm, btok, layer)
         run = Run(out_dir)
+        setup = EvalSetup(run, j, sampling, qs, samples)
         for p in probes:
-            base_acts, fam = measure_family(run, (bm, btok), members, p, use_layer, qs, j, sampling, samples=samples,
-                                            tokens=tokens)
+            base_acts, fam = measure_family(setup, (bm, btok), members, p, use_layer, tokens=tokens)
             res = family_stats(fam, base_acts, threshold=threshold, seed=sampling.seed)
             store_family(run, study, p.name, res)
             t = Table("member", "x", "shift [95% CI]", "misaligned [95% CI]", "label",

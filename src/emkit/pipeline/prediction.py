@@ -25,15 +25,15 @@ def stage_predict(ctx: Context) -> PredictResult:
     probe = sae_probe(sae, latent)
     qs = ctx.eval_questions()
     ev = ctx.result("evaluate").models
-    if eval_setup(ctx, qs, r.eval.samples).rubric:
+    setup = eval_setup(ctx, qs, r.eval.samples)
+    if setup.rubric:
         raise EmkitError("the predict stage needs a 0-100 judge (aligned/coherent)",
                          hint="use e.g. api:MODEL or embedded, or skip predict")
     labels = {m.label: m for m in r.models()}
     # the first paraphrase of each question; rates stored as the evaluate stage stores them
     base_acts, measured = measure_family(
-        ctx.run, ctx.load(BASE), [(m.label, m.fraction, lambda lab=m.label: ctx.load(lab)) for m in r.models()],
-        probe, layer, qs, ctx.judge, r.eval.sampling, samples=r.eval.samples, progress=ctx.progress,
-        paraphrases=1, metrics_boot=JUDGED_BOOT)
+        setup, ctx.load(BASE), [(m.label, m.fraction, lambda lab=m.label: ctx.load(lab)) for m in r.models()],
+        probe, layer, paraphrases=1, metrics_boot=JUDGED_BOOT)
     by_domain: dict[str, list[Member]] = {}
     for mem in measured:
         by_domain.setdefault(labels[mem.name].domain.name, []).append(mem)
