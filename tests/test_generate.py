@@ -122,3 +122,22 @@ def test_sampling_hash_is_the_stored_key_and_stored_answers_filters(tmp_path):
     kept = stored_answers(db, "a", sampling_hash="h", questions=["q2"], nonempty=True)
     assert [r["answer"] for r in kept] == ["aq20"]
     assert len(stored_answers(db, "a", limit=3)) == 3
+
+
+def test_stored_answers_limit_is_applied_after_the_filters(tmp_path, monkeypatch):
+    """The limit goes into the query with the filters: the same first rows as filtering everything, then
+    cutting; a negative limit and a question list too long for one statement still slice as before."""
+    import emkit.results as results
+    from emkit.results import ResultsDB, stored_answers
+
+    db = ResultsDB(tmp_path / "r.sqlite")
+    db.insert("generations", [dict(model=m, question_id=f"q{q}", paraphrase=0, sample=s, sampling_hash="h", prompt="p",
+                                   system=None, answer="" if (q + s) % 3 == 0 else "x", n_tokens=1, truncated=0)
+                              for m in ("a", "b") for q in range(6) for s in range(3)])
+    qs = ["q4", "q1", "q2", "q9", 2]
+    every = [r for r in stored_answers(db) if r["question_id"] in set(qs) and r["answer"]]
+    for limit in (None, 0, 1, 4, 100, -2):
+        assert stored_answers(db, questions=qs, nonempty=True, limit=limit) == every[:limit]
+        monkeypatch.setattr(results, "MAX_IN", 2)  # more ids than one statement takes: filtered in Python
+        assert stored_answers(db, questions=qs, nonempty=True, limit=limit) == every[:limit]
+        monkeypatch.undo()

@@ -175,7 +175,7 @@ def answer_items(db: Any, label: str, limit: int | None = None, sampling_hash: s
             raise EmkitError(f"{label!r} has answers from {len(hashes)} sampling conditions: {hashes}",
                              hint="choose one with DiffConfig.sampling_hash / --answers-hash")
     out = []
-    for r in stored_answers(db, label, sampling_hash=sampling_hash, questions=questions, nonempty=True)[:limit]:
+    for r in stored_answers(db, label, sampling_hash=sampling_hash, questions=questions, nonempty=True, limit=limit):
         msgs = [{"role": "system", "content": r["system"]}] if r["system"] else []
         out.append(msgs + [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["answer"]}])
     return out

@@ -17,6 +17,7 @@ from typing import Any
 TABLES: dict[str, str] = {}
 # the key of a ``generations`` row; tables that refer to an answer repeat these columns
 ANSWER_KEY = ("model", "question_id", "paraphrase", "sample", "sampling_hash")
+MAX_IN = 900  # question ids one statement takes as parameters (SQLite before 3.32 allows 999 in all)
 
 
 def register_table(name: str, ddl: str) -> None:
@@ -59,14 +60,24 @@ def stored_answers(db: ResultsDB | sqlite3.Connection, label: str | None = None,
 
     ``label`` / ``sampling_hash`` (see :func:`emkit.generate.sampling_hash`) pick one model and
     condition (every one when None); ``questions`` keeps those question ids; ``nonempty`` drops
-    empty answers; ``limit`` keeps the first rows left after those filters.
+    empty answers; ``limit`` keeps the first rows left after those filters. The filters and the limit
+    are the query's, so a limited read reads no more rows than it returns.
     """
-    rows = select(db, "SELECT * FROM generations WHERE (? IS NULL OR model=?) AND (? IS NULL OR sampling_hash=?) "
-                      "ORDER BY model, question_id, paraphrase, sample, sampling_hash",
-                  (label, label, sampling_hash, sampling_hash))
-    keep = None if questions is None else set(questions)
-    rows = [r for r in rows if (keep is None or r["question_id"] in keep) and (not nonempty or r["answer"] != "")]
-    return rows[:limit]
+    keep = None if questions is None else sorted({q for q in questions if isinstance(q, str)})  # ids are text
+    few = keep is None or len(keep) <= MAX_IN  # else too many parameters for one statement: filtered here
+    where, params = ["(? IS NULL OR model=?)", "(? IS NULL OR sampling_hash=?)"], [label, label, sampling_hash, sampling_hash]
+    if nonempty:
+        where.append("answer != ''")
+    if keep is not None and few:
+        where.append(f"question_id IN ({', '.join('?' * len(keep))})")
+        params += keep
+    sql = f"SELECT * FROM generations WHERE {' AND '.join(where)} ORDER BY {', '.join(ANSWER_KEY)}"
+    sql_limit = few and limit is not None and limit >= 0  # the key orders rows totally: the same first rows
+    rows = select(db, sql + " LIMIT ?" if sql_limit else sql, [*params, limit] if sql_limit else params)
+    if not few:
+        kept = set(keep)
+        rows = [r for r in rows if r["question_id"] in kept]
+    return rows if sql_limit or limit is None else rows[:limit]
 
 
 def stored_keys(db: ResultsDB | sqlite3.Connection, label: str, sampling_hash: str) -> set[tuple[str, int, int]]:
