@@ -292,23 +292,21 @@ def resolve(spec: str, *, model: Any = None, tok: Any = None, layer: int | None 
         from emkit.models.layers import hidden_size
 
         return random_direction(hidden_size(model), int(rest), layer=layer)
-    if kind == "diff":
-        pos, sep, neg = rest.partition(":")
-        if not sep or not pos or not neg:
-            raise EmkitError(f"bad direction spec {spec!r}", hint="use diff:POSITIVE.jsonl:NEGATIVE.jsonl")
+    if kind in ("diff", "shift"):
+        # diff:POS:NEG splits at the first colon, shift:TUNED:ITEMS at the last (a model path may hold one)
+        first, sep, second = rest.partition(":") if kind == "diff" else rest.rpartition(":")
+        if not sep or not first or not second:
+            raise EmkitError(f"bad direction spec {spec!r}", hint="use diff:POSITIVE.jsonl:NEGATIVE.jsonl"
+                             if kind == "diff" else "use shift:TUNED_MODEL:ITEMS.jsonl")
         if model is None or tok is None or layer is None:
-            raise EmkitError("a diff: direction needs a model and a layer", hint="pass --model and --layer")
-        return mean_difference(model, tok, layer, _read_items(pos), _read_items(neg), name=f"diff:{Path(pos).stem}-{Path(neg).stem}")
-    if kind == "shift":
-        tuned_spec, sep, items = rest.rpartition(":")
-        if not sep or not tuned_spec or not items:
-            raise EmkitError(f"bad direction spec {spec!r}", hint="use shift:TUNED_MODEL:ITEMS.jsonl")
-        if model is None or tok is None or layer is None:
-            raise EmkitError("a shift: direction needs a model and a layer", hint="pass --model and --layer")
+            raise EmkitError(f"a {kind}: direction needs a model and a layer", hint="pass --model and --layer")
+        if kind == "diff":
+            return mean_difference(model, tok, layer, _read_items(first), _read_items(second),
+                                   name=f"diff:{Path(first).stem}-{Path(second).stem}")
         from emkit.models import load_model
 
-        tuned, _ = load_model(tuned_spec, device=str(next(model.parameters()).device))
-        return model_difference(tuned, model, tok, layer, _read_items(items), name=f"shift:{Path(tuned_spec).name}")
+        tuned, _ = load_model(first, device=str(next(model.parameters()).device))
+        return model_difference(tuned, model, tok, layer, _read_items(second), name=f"shift:{Path(first).name}")
     raise EmkitError(f"unknown direction spec {spec!r}",
                      hint="use sae:FOLDER:LATENT, file:PATH[:KEY[:ROW]], diff:POS:NEG, shift:TUNED:ITEMS or random:SEED")
 
