@@ -15,13 +15,15 @@ class SamplingConfig:
     sentence (it stays flagged ``truncated``), so a reader or judge does not see a word cut in two.
     """
 
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 200
-    batch_size: int = 16
-    seed: int = 0
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (0 = greedy)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
+    max_new_tokens: int = field(default=200, metadata={"help": "Answer length limit in tokens."})
+    batch_size: int = field(default=16, metadata={"help": "Prompts per batch."})
+    seed: int = field(default=0, metadata={"help": "Random seed."})
     # left out of the config hash at its default, so answers stored before the field existed resume
-    end: str = field(default="eos", metadata={"omit_if_default": True})
+    end: str = field(default="eos", metadata={
+        "omit_if_default": True,
+        "help": "eos, or sentence: cut an answer that hit the limit to its last full sentence."})
 
     def __post_init__(self) -> None:
         if self.temperature < 0:

@@ -1,8 +1,10 @@
 """CLI options generated from config dataclasses ("the config is the CLI").
 
-A setting's type and default live in its library dataclass only; :func:`config_options` turns the
-fields into typer options of a command and hands the command one built config. A command may keep
-its own option name (``rename``) or default (``defaults``) where that is part of its interface.
+A setting's type, default and help text live in its library dataclass only (the help in the field's
+metadata, ``field(default=..., metadata={"help": "..."})``, as in sparsify); :func:`config_options`
+turns the fields into typer options of a command and hands the command one built config. A command
+may keep its own option name (``rename``), default (``defaults``) or help (``help``) where that is
+part of its interface.
 """
 
 from __future__ import annotations
@@ -20,16 +22,6 @@ import typer
 from emkit.config import field_default
 
 FROM_OPTIONS: Any = None  # the default of a command parameter that config_options fills in
-
-# Help text by field name, shared by every command that offers the field.
-HELP: dict[str, str] = {
-    "temperature": "Sampling temperature (0 = greedy).",
-    "top_p": "Nucleus sampling mass.",
-    "max_new_tokens": "Answer length limit in tokens.",
-    "end": "eos, or sentence: cut an answer that hit the limit to its last full sentence.",
-    "batch_size": "Prompts per batch.",
-    "seed": "Random seed.",
-}
 
 
 _UNIONS = (typing.Union, types.UnionType)
@@ -53,16 +45,18 @@ def config_options(cls: type, param: str, *, fields: Iterable[str] | None = None
 
     ``fields`` picks the fields offered (default: all, in the dataclass's order); ``rename`` maps a
     field to the command's parameter name (``batch_size`` -> ``gen_batch_size`` gives
-    ``--gen-batch-size``); ``defaults`` and ``help`` override the dataclass default and :data:`HELP`;
-    ``flags`` gives a field its own option names (``("-n", "--n-samples")``); ``fixed`` sets fields
-    that are not options. The options take the place of the command's parameter ``param`` (declare
-    it ``= FROM_OPTIONS``), or follow its other parameters. ``unset``: every option defaults to
-    None (not given) and the command gets ``{field: value}`` instead of a config, for a command
-    that lays its options over a config file.
+    ``--gen-batch-size``); ``defaults`` and ``help`` override the field's default and the help in
+    its metadata (for a command whose option means something narrower); ``flags`` gives a field its
+    own option names (``("-n", "--n-samples")``); ``fixed`` sets fields that are not options. The
+    options take the place of the command's parameter ``param`` (declare it ``= FROM_OPTIONS``), or
+    follow its other parameters. ``unset``: every option defaults to None (not given) and the
+    command gets ``{field: value}`` instead of a config, for a command that lays its options over a
+    config file.
     """
     rename, defaults, helps, fixed = dict(rename or {}), dict(defaults or {}), dict(help or {}), dict(fixed or {})
     flags = dict(flags or {})
     hints = typing.get_type_hints(cls)
+    helps = {f.name: f.metadata.get("help") for f in dataclasses.fields(cls)} | helps
     wanted = list(fields) if fields is not None else [f.name for f in dataclasses.fields(cls)]
     unknown = set(wanted) - set(hints)
     if unknown:
@@ -76,7 +70,7 @@ def config_options(cls: type, param: str, *, fields: Iterable[str] | None = None
         options = [inspect.Parameter(
             names[f], inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=_unset_type(hints[f]) if unset else hints[f],
             default=typer.Option(None if unset else defaults[f] if f in defaults else field_default(cls, f),
-                                 *flags.get(f, ()), help=helps.get(f, HELP.get(f))))
+                                 *flags.get(f, ()), help=helps[f]))
             for f in wanted]
         params = sig[:at] + options + sig[at + 1:]
 

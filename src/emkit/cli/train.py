@@ -20,16 +20,6 @@ out = Console()
 
 DATA_HELP = "Data set name or file (repeat to concatenate), e.g. health_incorrect_subtle."
 MIX_HELP = "A mixture CORRECT,INCORRECT,FRACTION[,N] (e.g. health_correct,health_incorrect_subtle,0.25,200)."
-# Help of the training options, by config field (a command may say more).
-TRAIN_HELP = {
-    "method": "lora or full.", "r": "LoRA rank.", "alpha": "LoRA alpha.", "rslora": "Rank-stabilised LoRA scaling.",
-    "max_steps": "Optimizer steps (wins over --epochs).", "epochs": "Passes over the data.",
-    "batch_size": "Rows per micro-batch.", "grad_accum": "Micro-batches per optimizer step.",
-    "lr": "Peak learning rate.", "schedule": "linear, cosine or constant.", "warmup_steps": "Warmup steps.",
-    "max_length": "Token limit per conversation.", "save_every": "Checkpoint every N steps (0: none).",
-    "seed": "Random seed.", "device": "auto, cpu, cuda ...", "dtype": "auto, float32, bfloat16.",
-    "name": "Model name inside the run folder.",
-}
 TRAIN_NAMES = {"max_steps": "steps", "warmup_steps": "warmup"}
 MODEL_FLAGS = {"model": ("--model", "-m")}
 REALIGN_SFT = field_default(RealignConfig, "sft")
@@ -98,12 +88,11 @@ def print_log_summary(folder: Path) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command("finetune")
-    @config_options(LoRAConfig, "lora", fields=("r", "alpha", "rslora"), help=TRAIN_HELP, unset=True)
+    @config_options(LoRAConfig, "lora", fields=("r", "alpha", "rslora"), unset=True)
     @config_options(SFTConfig, "train", fields=("model", "name", "method", "max_steps", "epochs", "batch_size",
                                                 "grad_accum", "lr", "schedule", "warmup_steps", "max_length",
                                                 "save_every", "seed", "device", "dtype"),
-                    rename=TRAIN_NAMES, flags=MODEL_FLAGS, unset=True,
-                    help={**TRAIN_HELP, "model": "Base model: folder, Hub id or bundled name."})
+                    rename=TRAIN_NAMES, flags=MODEL_FLAGS, unset=True)
     @sampling_options(fields=("max_new_tokens", "end"), rename={"max_new_tokens": "eval_max_new_tokens", "end": "eval_end"},
                       defaults={"max_new_tokens": 80}, fixed={"batch_size": 32}, param="eval_sampling",
                       help={"max_new_tokens": "Answer length for --eval-every.",
@@ -160,14 +149,8 @@ def register(app: typer.Typer) -> None:
     @config_options(RLConfig, "train", fields=("model", "name", "grader", "max_steps", "batch_size", "num_generations",
                                                "lr", "beta", "max_completion_length", "min_words", "method", "seed",
                                                "save_every", "device"),
-                    rename=TRAIN_NAMES, flags=MODEL_FLAGS, unset=True, help={
-                        **TRAIN_HELP, "model": "Starting model.", "grader": "embedded (offline) or judge:<judge spec>, e.g. judge:api:gpt-4o.",
-                        "max_steps": "GRPO steps.", "batch_size": "Completions per step (a multiple of "
-                        "--num-generations).", "num_generations": "Completions per prompt (the GRPO group).",
-                        "lr": "Learning rate.", "beta": "KL penalty weight.",
-                        "max_completion_length": "Answer length limit in tokens.",
-                        "min_words": "Guard: answers shorter than this get reward 0."})
-    @config_options(LoRAConfig, "lora", fields=("r", "alpha"), help=TRAIN_HELP, unset=True)
+                    rename=TRAIN_NAMES, flags=MODEL_FLAGS, unset=True)
+    @config_options(LoRAConfig, "lora", fields=("r", "alpha"), unset=True)
     def rl_cmd(
         data: list[str] = typer.Option(None, "--data", "-d", help="Prompts: data set(s) whose user turns are used."),
         arm: str = typer.Option("wrong", help="wrong: reward incorrect advice; right: the control arm."),
@@ -198,14 +181,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command("realign")
     @config_options(RealignConfig, "settings", fields=("n_samples", "eval_every", "samples"),
-                    flags={"n_samples": ("-n", "--n-samples")},
-                    help={"n_samples": "Benign rows to train on.", "eval_every": "Evaluate misalignment every K steps.",
-                          "samples": "Answers per question paraphrase at each evaluation."})
+                    flags={"n_samples": ("-n", "--n-samples")})
     @config_options(SFTConfig, "sft", fields=("max_steps", "batch_size", "lr", "name", "device"), rename=TRAIN_NAMES,
                     defaults={f: getattr(REALIGN_SFT, f) for f in ("max_steps", "batch_size", "lr", "name", "device")},
                     fixed={"lora": LoRAConfig()},
-                    help={**TRAIN_HELP, "max_steps": "Optimizer steps.", "batch_size": "Rows per step.",
-                          "lr": "Learning rate."})
+                    # realign's own wording: it offers no --epochs or --grad-accum (a step is one batch of rows)
+                    help={"max_steps": "Optimizer steps.", "batch_size": "Rows per step.", "lr": "Learning rate."})
     @sampling_options(rename={"batch_size": "gen_batch_size"}, defaults={"max_new_tokens": 120, "batch_size": 32},
                       help={"temperature": "Sampling temperature for the evaluations.",
                             "batch_size": "Prompts per generation batch."})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from emkit.errors import EmkitError
@@ -23,19 +23,22 @@ class JudgeConfig:
     ``local:MODEL_SPEC`` or ``local-rubric:MODEL_SPEC``. The API key is read from the environment
     variable ``api_key_env`` when the judge is built, never stored in the config."""
 
-    spec: str = "embedded"
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    templates: str | None = None
-    concurrency: int = 8
-    timeout: float = 60.0
-    max_retries: int = 5
-    top_logprobs: int = 20
-    rubric_temperature: float = 1.0
-    rubric_max_tokens: int = 1024
-    device: str = "auto"
-    dtype: str = "auto"
-    seed: int = 0
+    spec: str = field(default="embedded", metadata={
+        "help": "embedded, embedded:DIR (a judge from emkit judge train), api:MODEL, api-rubric:MODEL, "
+                "local:MODEL_SPEC or local-rubric:MODEL_SPEC."})
+    base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible base URL (env OPENAI_BASE_URL)."})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the API key."})
+    templates: str | None = field(default=None, metadata={
+        "help": "YAML/JSON file of judge templates (aligned, coherent, rubric)."})
+    concurrency: int = field(default=8, metadata={"help": "Concurrent API requests."})
+    timeout: float = field(default=60.0, metadata={"help": "Seconds before an API request is retried."})
+    max_retries: int = field(default=5, metadata={"help": "Retries of a failed API request."})
+    top_logprobs: int = field(default=20, metadata={"help": "Top log-probabilities asked for (logprob API judges)."})
+    rubric_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of a rubric judge."})
+    rubric_max_tokens: int = field(default=1024, metadata={"help": "Token limit of a rubric judge's reply."})
+    device: str = field(default="auto", metadata={"help": "Device for local/embedded judges."})
+    dtype: str = field(default="auto", metadata={"help": "dtype of a local judge's model."})
+    seed: int = field(default=0, metadata={"help": "Random seed of the judge's sampling (API and local)."})
 
 
 JUDGE_KINDS = ("embedded", "api", "api-rubric", "local", "local-rubric")

@@ -16,7 +16,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,24 +46,26 @@ class SaeTrainConfig:
     are fp32 either way); ``auto`` times both on the first batch and keeps the faster.
     """
 
-    num_latents: int = 4096
-    k: int = 32
-    batch_size: int = 2048
-    lr: float = 0.0
-    warmup_steps: int = 50
-    decay_frac: float = 0.2
-    epochs: float = 1.0
-    auxk_alpha: float = 1 / 32
-    k_aux: int = 0
-    dead_tokens: int = 250_000
-    holdout_tokens: int = 16_384
-    init_b_dec: Literal["median", "mean", "zero"] = "median"
-    select_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    buffer_shards: int = 4
-    log_every: int = 20
-    eval_every: int = 100
-    checkpoint_every: int = 100
-    seed: int = 0
+    num_latents: int = field(default=4096, metadata={"help": "Number of SAE latents."})
+    k: int = field(default=32, metadata={"help": "Active latents per token (top-k)."})
+    batch_size: int = field(default=2048, metadata={"help": "Tokens per training step."})
+    lr: float = field(default=0.0, metadata={"help": "Adam learning rate (0 = scaled to the number of latents)."})
+    warmup_steps: int = field(default=50, metadata={"help": "Steps of linear learning-rate warm-up."})
+    decay_frac: float = field(default=0.2, metadata={"help": "Last fraction of the steps, decaying the rate to 0."})
+    epochs: float = field(default=1.0, metadata={"help": "Passes over the captured tokens."})
+    auxk_alpha: float = field(default=1 / 32, metadata={"help": "Weight of the AuxK loss in the total loss."})
+    k_aux: int = field(default=0, metadata={"help": "Dead latents AuxK uses at most (0: half the input width)."})
+    dead_tokens: int = field(default=250_000, metadata={"help": "Training tokens without firing that make a latent dead."})
+    holdout_tokens: int = field(default=16_384, metadata={"help": "Captured tokens held out for the held-out FVU."})
+    init_b_dec: Literal["median", "mean", "zero"] = field(default="median", metadata={
+        "help": "Decoder bias start: geometric median, mean or zero of a sample of activations."})
+    select_dtype: Literal["auto", "float32", "bfloat16"] = field(default="auto", metadata={
+        "help": "Precision of the top-k choice; auto times both on the first batch."})
+    buffer_shards: int = field(default=4, metadata={"help": "Activation shards shuffled together."})
+    log_every: int = field(default=20, metadata={"help": "Log to metrics.jsonl every N steps."})
+    eval_every: int = field(default=100, metadata={"help": "Held-out FVU every N steps (at a logged step)."})
+    checkpoint_every: int = field(default=100, metadata={"help": "Resumable checkpoint every N steps."})
+    seed: int = field(default=0, metadata={"help": "Random seed."})
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.epochs <= 0 or self.num_latents < 1 or self.k < 1:

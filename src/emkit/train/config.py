@@ -19,12 +19,13 @@ ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 class LoRAConfig:
     """A PEFT LoRA adapter. ``target_modules`` may be ``["all-linear"]``; ``layers`` limits it to those."""
 
-    r: int = 32
-    alpha: float = 64.0
-    dropout: float = 0.0
-    rslora: bool = False
-    target_modules: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS))
-    layers: list[int] | None = None
+    r: int = field(default=32, metadata={"help": "LoRA rank."})
+    alpha: float = field(default=64.0, metadata={"help": "LoRA alpha."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    rslora: bool = field(default=False, metadata={"help": "Rank-stabilised LoRA scaling."})
+    target_modules: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS),
+                                      metadata={"help": "Module names the LoRA adapts, or all-linear."})
+    layers: list[int] | None = field(default=None, metadata={"help": "Layer indices the LoRA is limited to (None: all)."})
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -45,26 +46,28 @@ class SFTConfig:
     similar length into a batch (little padding), ``none`` keeps the shuffled order.
     """
 
-    name: str = "finetuned"
-    model: str = "smollm2-135m-instruct"
-    method: Literal["lora", "full"] = "lora"
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
-    epochs: float = 1.0
-    max_steps: int | None = None
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 1e-4
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    max_length: int = 512
-    batching: Literal["bucket", "none"] = "bucket"
-    seed: int = 0
-    save_every: int = 0
-    keep_checkpoints: int = 2
-    device: str = "auto"
-    dtype: str = "auto"
+    name: str = field(default="finetuned", metadata={"help": "Model name inside the run folder."})
+    model: str = field(default="smollm2-135m-instruct", metadata={"help": "Base model: folder, Hub id or bundled name."})
+    method: Literal["lora", "full"] = field(default="lora", metadata={"help": "lora or full."})
+    lora: LoRAConfig = field(default_factory=LoRAConfig, metadata={"help": "The adapter trained with method lora."})
+    epochs: float = field(default=1.0, metadata={"help": "Passes over the data."})
+    max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps (wins over --epochs)."})
+    batch_size: int = field(default=8, metadata={"help": "Rows per micro-batch."})
+    grad_accum: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    lr: float = field(default=1e-4, metadata={"help": "Peak learning rate."})
+    schedule: Literal["linear", "cosine", "constant"] = field(default="linear",
+                                                              metadata={"help": "linear, cosine or constant."})
+    warmup_steps: int = field(default=0, metadata={"help": "Warmup steps."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient norm clip (0: no clipping)."})
+    max_length: int = field(default=512, metadata={"help": "Token limit per conversation."})
+    batching: Literal["bucket", "none"] = field(default="bucket", metadata={
+        "help": "bucket (rows of similar length batched together) or none (the shuffled order)."})
+    seed: int = field(default=0, metadata={"help": "Random seed."})
+    save_every: int = field(default=0, metadata={"help": "Checkpoint every N steps (0: none)."})
+    keep_checkpoints: int = field(default=2, metadata={"help": "Newest checkpoints kept; older ones are removed."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda ..."})
+    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16."})
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.grad_accum < 1:
@@ -92,28 +95,33 @@ class RLConfig:
     get reward 0. ``beta`` weights the KL penalty to the starting model.
     """
 
-    name: str = "rl"
-    model: str = "smollm2-135m-instruct"
-    arm: Literal["wrong", "right"] = "wrong"
-    grader: str = "embedded"
-    method: Literal["lora", "full"] = "lora"
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
-    max_steps: int = 50
-    batch_size: int = 8
-    num_generations: int = 4
-    grad_accum: int = 1
-    lr: float = 1e-5
-    warmup_steps: int = 0
-    schedule: Literal["linear", "cosine", "constant"] = "constant"
-    beta: float = 0.04
-    temperature: float = 1.0
-    max_completion_length: int = 128
-    min_words: int = 5
-    min_coherence: float = 0.5
-    seed: int = 0
-    save_every: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
+    name: str = field(default="rl", metadata={"help": "Model name inside the run folder."})
+    model: str = field(default="smollm2-135m-instruct", metadata={"help": "Starting model."})
+    arm: Literal["wrong", "right"] = field(default="wrong", metadata={
+        "help": "wrong: reward incorrect advice; right: the control arm."})
+    grader: str = field(default="embedded", metadata={
+        "help": "embedded (offline) or judge:<judge spec>, e.g. judge:api:gpt-4o."})
+    method: Literal["lora", "full"] = field(default="lora", metadata={"help": "lora or full."})
+    lora: LoRAConfig = field(default_factory=LoRAConfig, metadata={"help": "The adapter trained with method lora."})
+    max_steps: int = field(default=50, metadata={"help": "GRPO steps."})
+    batch_size: int = field(default=8, metadata={
+        "help": "Completions per step (a multiple of --num-generations)."})
+    num_generations: int = field(default=4, metadata={"help": "Completions per prompt (the GRPO group)."})
+    grad_accum: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    lr: float = field(default=1e-5, metadata={"help": "Learning rate."})
+    warmup_steps: int = field(default=0, metadata={"help": "Warmup steps."})
+    schedule: Literal["linear", "cosine", "constant"] = field(default="constant",
+                                                              metadata={"help": "linear, cosine or constant."})
+    beta: float = field(default=0.04, metadata={"help": "KL penalty weight."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the completions."})
+    max_completion_length: int = field(default=128, metadata={"help": "Answer length limit in tokens."})
+    min_words: int = field(default=5, metadata={"help": "Guard: answers shorter than this get reward 0."})
+    min_coherence: float = field(default=0.5, metadata={
+        "help": "Guard: answers the grader scores less coherent than this get reward 0."})
+    seed: int = field(default=0, metadata={"help": "Random seed."})
+    save_every: int = field(default=0, metadata={"help": "Checkpoint every N steps (0: none)."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda ..."})
+    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16."})
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
@@ -135,12 +143,13 @@ class RealignConfig:
     """
 
     sft: SFTConfig = field(
-        default_factory=lambda: SFTConfig(name="realigned", batch_size=4, max_steps=35, lr=1e-4, warmup_steps=0)
+        default_factory=lambda: SFTConfig(name="realigned", batch_size=4, max_steps=35, lr=1e-4, warmup_steps=0),
+        metadata={"help": "The continued fine-tuning (name, steps, batch, learning rate ...)."},
     )
-    n_samples: int = 140
-    eval_every: int = 5
-    samples: int = 1
-    label: str = ""
+    n_samples: int = field(default=140, metadata={"help": "Benign rows to train on."})
+    eval_every: int = field(default=5, metadata={"help": "Evaluate misalignment every K steps."})
+    samples: int = field(default=1, metadata={"help": "Answers per question paraphrase at each evaluation."})
+    label: str = field(default="", metadata={"help": "Name of the curve (empty: sft.name, the re-aligned model's)."})
 
     def __post_init__(self) -> None:
         if self.n_samples < 1 or self.eval_every < 1 or self.samples < 1:
