@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--end", default="eos")
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tag", action="append", default=[], help="also count answers stored under this tag "
+                    "(e.g. multilayer-shift:v1 from scripts/steer_multilayer.py)")
     a = ap.parse_args()
 
     from emkit.blind import export_keys, read_scores
@@ -41,6 +43,7 @@ def main() -> None:
                          seed=a.seed)
     db = sqlite3.connect(f"file:{a.run / 'results.sqlite'}?mode=ro", uri=True)
     names = {sampling_hash(cfg, ""): ("unsteered", 0.0)}
+    names.update({sampling_hash(cfg, t): (t.replace("multilayer-random", "random-multilayer"), 1.0) for t in a.tag})
     for name, digest, layer, alpha, pos, scale in db.execute(
             "SELECT direction, digest, layer, alpha, positions, scale FROM steering"):
         if alpha:

@@ -500,6 +500,7 @@ def test_positive_control_is_detected_and_steerable_on_the_bundled_model(tmp_pat
     assert det["detected"], det
     steer = read_result(out, "steer")["positive_control"]
     if not steer["plus"]["beyond_random"]:
-        # measured in a quick run (README "What quick found"): detected and ranked, but its top latent at 0.15 of
-        # the residual norm did not move misalignment beyond a random direction, read blind either
+        # measured in a quick run (README "What quick found"): detected and ranked, but read blind neither its top
+        # latent, nor its top-10 latents, nor the persona fine-tune's own activation shift (at one layer or at
+        # every layer) raised misalignment among coherent answers beyond a random direction
         pytest.xfail(f"known: the persona's top latent does not steer the bundled model ({steer['plus']})")
