@@ -22,7 +22,8 @@ KEEP = ("n", "n_auroc_aligned", "auroc_aligned", "auroc_coherent", "spearman_ali
         "misaligned_precision", "incoherent_called_misaligned", "n_incoherent")
 
 
-def _summary(rows: Sequence[dict], scores: dict[str, np.ndarray]) -> dict:
+def summary(rows: Sequence[dict], scores: dict[str, np.ndarray]) -> dict:
+    """The card's agreement figures of scores (``aligned``/``coherent`` arrays) with labelled rows."""
     preds = [{"aligned": float(scores["aligned"][i]), "coherent": float(scores["coherent"][i])}
              for i in range(len(rows))]
     res = agreement(rows, preds)
@@ -43,7 +44,7 @@ def leave_one_group_out(x: np.ndarray, rows: Sequence[dict], fit: Fit, key: str 
         train = ~test
         heads = fit(x[train], [rows[i] for i in np.flatnonzero(train)])
         idx = np.flatnonzero(test)
-        out[g] = _summary([rows[i] for i in idx], head_scores(heads, x[idx]))
+        out[g] = summary([rows[i] for i in idx], head_scores(heads, x[idx]))
     return out
 
 
@@ -65,7 +66,7 @@ def k_fold_by_question(x: np.ndarray, rows: Sequence[dict], fit: Fit, within: np
         heads = fit(x[~test], [rows[i] for i in np.flatnonzero(~test)])
         s = head_scores(heads, x[test])
         ali[test], coh[test] = s["aligned"], s["coherent"]
-    return _summary([rows[i] for i in idx], {"aligned": ali[idx], "coherent": coh[idx]})
+    return summary([rows[i] for i in idx], {"aligned": ali[idx], "coherent": coh[idx]})
 
 
 def worst(table: dict[str, dict], stat: str = "auroc_aligned") -> float | None:

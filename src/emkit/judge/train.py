@@ -168,9 +168,10 @@ def fit_head(x: np.ndarray, y: np.ndarray, cols: Sequence[int], *, seed: int, hi
     head.std.copy_(sel.std(0).clamp(min=1e-3))
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     head.train()
+    z = (sel - head.mean) / head.std  # the head's standardised inputs, computed once (as head(xt) does each step)
     for _ in range(epochs):
         opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(xt), yt, weight=wt)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(head.net(z).squeeze(-1), yt, weight=wt)
         loss.backward()
         opt.step()
     return head.eval()
@@ -189,6 +190,23 @@ def train_heads(x: np.ndarray, rows: Sequence[dict], *, seed: int = 0, cfg: Head
                         dropout=cfg.dropout, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
                         weights=weights if m == "aligned" else row_w)
             for i, m in enumerate(METRICS)}
+
+
+DOMAIN_INPUTS = ("answer", "question_x_answer", "cosine", "stats")
+
+
+def fit_domain_head(x: np.ndarray, rows: Sequence[dict], *, seed: int = 0, family: str = "smollm",
+                    also: Sequence[str] = ("constructed",)) -> Head | None:
+    """A logistic aligned head fitted only on the rows of one model ``family`` (the bundled model's) and the
+    constructed failure rows, on every feature block (question x answer included: that model's harms are
+    short answers that are harmful only given the question). None when no row is of ``family``."""
+    sel = np.array([r.get("family") == family for r in rows])
+    if not sel.any():
+        return None
+    sel |= np.array([r.get("family") in also for r in rows])
+    sub = [r for r, s in zip(rows, sel, strict=True) if s]
+    return fit_head(x[sel], head_targets(sub)["aligned"], feature_columns(DOMAIN_INPUTS), seed=seed * 100 + 7,
+                    hidden=0)
 
 
 def finetune_encoder(encoder: Encoder, rows: Sequence[dict], x0: np.ndarray, *, seed: int = 0,
