@@ -31,14 +31,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from emkit.data import load_dataset
-    from emkit.directions import (
-        Direction,
-        diff_of_means,
-        item_means,
-        model_difference,
-        residual_scale,
-        save_direction,
-    )
+    from emkit.directions import Direction, diff_of_means, item_means, residual_scale, save_direction
     from emkit.models import load_model
     from emkit.sae.model import load_sae
 
@@ -50,8 +43,9 @@ def main() -> None:
     persona, _ = load_model(a.run / "models" / a.persona)
     scale = residual_scale(base, tok, layer)
     kw = dict(tokens="answer", max_length=256)
-    shift = model_difference(persona, base, tok, layer, mis + ali, name="persona-model-diff", **kw)
-    b = item_means(base, tok, layer, mis + ali, **kw)
+    b = item_means(base, tok, layer, mis + ali, **kw)  # read once: both the shift and the text contrast use it
+    shift = Direction(diff_of_means(item_means(persona, tok, layer, mis + ali, **kw), b), "persona-model-diff", layer,
+                      source="shift")  # what directions.model_difference computes, without a second base pass
     text = Direction(diff_of_means(b[: a.n], b[a.n :]), "persona-text-diff", layer, source="diff")
     db = sqlite3.connect(f"file:{a.run / 'results.sqlite'}?mode=ro", uri=True)
     top = db.execute("SELECT latent, score FROM latent_ranking WHERE source LIKE 'shared:%#' || ? AND token_set = "

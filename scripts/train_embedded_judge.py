@@ -90,13 +90,16 @@ def bundled_rows(weight: float = 1.0, files: list[Path] | None = None) -> list[d
     """The bundled model's blind-read answers from ``files`` (default: :func:`default_bundled`), with a loss
     weight (few rows, but the model emkit ships). A (question, answer) pair already read from an earlier file
     is skipped; repeats within a file are kept (a small model often gives the same short answer twice)."""
+    hold = BUILTIN / HOLDOUT
+    held = {(r["question"], r["answer"]) for r in read_labelled(hold).rows} if hold.is_file() else set()
     rows: list[dict] = []
     for path in default_bundled() if files is None else files:
-        if path.name == HOLDOUT:
-            raise SystemExit(f"{path} is the hold-out set: it must never be trained on")
+        got = read_labelled(path).rows
+        if path.name == HOLDOUT or any((r["question"], r["answer"]) in held for r in got):
+            raise SystemExit(f"{path} is or holds answers of the hold-out set: it must never be trained on")
         seen = {(r["question"], r["answer"]) for r in rows}
         rows += [{**r, "family": "smollm", "group": "smollm", "weight": weight, "file": path.name}
-                 for r in read_labelled(path).rows if (r["question"], r["answer"]) not in seen]
+                 for r in got if (r["question"], r["answer"]) not in seen]
     return rows
 
 

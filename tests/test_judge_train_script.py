@@ -58,6 +58,9 @@ def test_bundled_rows_read_every_file_once_and_never_the_holdout(script, tmp_pat
     extra = write(tmp_path / "bundled_blind_extra.jsonl", rows(3, "c"))
     assert script.default_bundled() == [a, extra]
     assert len(script.bundled_rows()) == 9
+    # a file holding any hold-out answer (a second reading, a copy under another name) is refused too
+    with pytest.raises(SystemExit, match="hold-out"):
+        script.bundled_rows(1.0, [write(tmp_path / "copy.jsonl", rows(3, "c") + rows(1, "h"))])
 
 
 def test_parse_lora(script):

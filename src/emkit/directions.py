@@ -172,8 +172,6 @@ def model_difference(tuned: Any, base: Any, tok: Any, layer: int, items: Sequenc
     vector keeps its length: ``meta["raw_norm"]`` over the residual scale is the strength at which
     steering adds the fine-tune's average shift."""
     kw = dict(tokens=tokens, max_length=max_length, batch_size=batch_size, progress=progress)
-    if not items:
-        raise EmkitError("no texts to take activations of")
     v = diff_of_means(item_means(tuned, tok, layer, items, **kw), item_means(base, tok, layer, items, **kw))
     return Direction(v, name, layer, source="shift", meta={"n_items": len(items), "tokens": tokens,
                                                          "raw_norm": float(v.norm())})
