@@ -479,28 +479,41 @@ def test_positive_control_shared_diff_and_projection_end_to_end(tmp_path, tiny_m
     assert "planted persona" in summary[: summary.index("</section>")]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("EMKIT_LONG_TESTS"), reason="runs most of the quick recipe (an hour or more "
-                    "on a CPU): set EMKIT_LONG_TESTS=1 to run it")
-def test_positive_control_is_detected_and_steerable_on_the_bundled_model(tmp_path):
-    """The quick recipe's positive-control arm on SmolLM2-135M: the persona's misalignment is above the base
-    model's (Fisher p < 0.001), and adding its top latent to the base model raises misalignment beyond a
-    random direction of the same norm (the narrow family is cut to its 0% and 100% arms to save time)."""
+LONG = pytest.mark.skipif(not os.environ.get("EMKIT_LONG_TESTS"), reason="runs most of the quick recipe (an hour or "
+                          "more on a CPU): set EMKIT_LONG_TESTS=1 to run it")
+
+
+@pytest.fixture(scope="module")
+def positive_control_run(tmp_path_factory) -> Path:
+    """The quick recipe's positive-control arm on SmolLM2-135M, run once for the tests below (the narrow family
+    is cut to its 0% and 100% arms to save time)."""
     import yaml
 
-    from emkit.pipeline import load_recipe
-
+    tmp_path = tmp_path_factory.mktemp("pc")
     r = yaml.safe_load((ROOT / "recipes" / "quick.yaml").read_text())
     r.update(name="pc-slow", out=str(tmp_path / "run"), skip=["interpret", "predict", "realign"])
     r["data"]["fractions"] = [0.0, 1.0]
     path = tmp_path / "pc.yaml"
     path.write_text(yaml.safe_dump(r))
-    out = run_pipeline(load_recipe(path), progress=False)
-    det = read_result(out, "evaluate")["positive_control"]["detection"]
+    return run_pipeline(load_recipe(path), progress=False)
+
+
+@pytest.mark.slow
+@LONG
+def test_positive_control_is_detected_on_the_bundled_model(positive_control_run):
+    """The persona's misalignment is above the base model's (Fisher p < 0.001)."""
+    det = read_result(positive_control_run, "evaluate")["positive_control"]["detection"]
     assert det["detected"], det
-    steer = read_result(out, "steer")["positive_control"]
-    if not steer["plus"]["beyond_random"]:
-        # measured in a quick run (README "What quick found"): detected and ranked, but read blind neither its top
-        # latent, nor its top-10 latents, nor the persona fine-tune's own activation shift (at one layer or at
-        # every layer) raised misalignment among coherent answers beyond a random direction
-        pytest.xfail(f"known: the persona's top latent does not steer the bundled model ({steer['plus']})")
+
+
+@pytest.mark.slow
+@LONG
+@pytest.mark.xfail(strict=True, reason="measured in a quick run (README 'What quick found'): detected and ranked, "
+                   "but read blind neither its top latent, nor its top-10 latents, nor the persona fine-tune's own "
+                   "activation shift (at one layer or at every layer) raised misalignment among coherent answers "
+                   "beyond a random direction; strict, so a pass fails until this marker goes")
+def test_positive_control_is_steerable_on_the_bundled_model(positive_control_run):
+    """Adding the persona's top latent to the base model raises misalignment beyond a random direction of the
+    same norm."""
+    steer = read_result(positive_control_run, "steer")["positive_control"]
+    assert steer["plus"]["beyond_random"], steer["plus"]

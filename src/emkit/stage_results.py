@@ -19,6 +19,7 @@ curve points, projection rows, per-question rates, example answers, judge trust,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -68,10 +69,12 @@ class Record:
         return cls(**kw, absent=frozenset(n for n in _names(cls) if n not in kw), extra=rest)
 
 
+@functools.cache
 def _names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if f.name not in _OWN)
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
