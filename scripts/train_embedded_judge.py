@@ -79,6 +79,7 @@ def sample_judged(folder: Path, seed: int) -> list[dict]:
 
 
 HOLDOUT = "bundled_blind_holdout.jsonl"  # never trained on, never used to choose anything
+BUNDLED_FAMILY = "smollm"  # the family of the bundled model's rows
 
 
 def default_bundled() -> list[Path]:
@@ -98,7 +99,7 @@ def bundled_rows(weight: float = 1.0, files: list[Path] | None = None) -> list[d
         if path.name == HOLDOUT or any((r["question"], r["answer"]) in held for r in got):
             raise SystemExit(f"{path} is or holds answers of the hold-out set: it must never be trained on")
         seen = {(r["question"], r["answer"]) for r in rows}
-        rows += [{**r, "family": "smollm", "group": "smollm", "weight": weight, "file": path.name}
+        rows += [{**r, "family": BUNDLED_FAMILY, "group": BUNDLED_FAMILY, "weight": weight, "file": path.name}
                  for r in got if (r["question"], r["answer"]) not in seen]
     return rows
 
@@ -124,7 +125,7 @@ def evaluate(x: np.ndarray, data: list[dict], n_real: int, cfg: HeadConfig, seed
     fit = judge_fitter(cfg, seed, domain_head)
     loso = leave_one_group_out(x, data, fit, "family", always_train=range(n_real, len(data)))
     out = {"leave_one_family_out": loso, "worst_auroc_aligned": worst({k: v for k, v in loso.items()})}
-    within = np.array([i < n_real and data[i]["family"] == "smollm" for i in range(len(data))])
+    within = np.array([i < n_real and data[i]["family"] == BUNDLED_FAMILY for i in range(len(data))])
     if within.any():
         out["bundled_question_folds"] = k_fold_by_question(x, data, fit, within, k=5, seed=seed)
     return out
@@ -145,13 +146,11 @@ def adapt(x0: np.ndarray, data: list[dict], train: np.ndarray, spec: str, seed: 
 
     layers, rank = parse_lora(spec)
     idx = np.flatnonzero(train)
-    judged = np.array([data[i]["family"] not in ("smollm", "constructed", "emkit-written") for i in idx], bool)
-    keep = idx[~judged]
-    if judged.sum() > max_judged:
+    judged = np.array([data[i]["family"] not in (BUNDLED_FAMILY, "constructed", "emkit-written") for i in idx], bool)
+    keep = idx
+    if judged.sum() > max_judged:  # every non-judged row, and a sample of the judged ones
         rng = np.random.default_rng(seed)
-        keep = np.sort(np.concatenate([keep, rng.choice(idx[judged], max_judged, replace=False)]))
-    else:
-        keep = idx
+        keep = np.sort(np.concatenate([idx[~judged], rng.choice(idx[judged], max_judged, replace=False)]))
     enc = encoder or Encoder("cpu")
     state = finetune_encoder(enc, [data[i] for i in keep], x0[keep], seed=seed, layers=layers, rank=rank,
                              alpha=2.0 * rank, progress=False)
@@ -165,7 +164,7 @@ def evaluate_adapted(x0: np.ndarray, data: list[dict], n_real: int, cfg: HeadCon
     real = np.arange(len(data)) < n_real
     fam = np.array([str(r["family"]) for r in data])
     tests = {f: real & (fam == f) for f in sorted(set(fam[real]))}
-    bund = real & (fam == "smollm")
+    bund = real & (fam == BUNDLED_FAMILY)
     qs = sorted({data[i]["question"] for i in np.flatnonzero(bund)})
     random.Random(seed).shuffle(qs)
     fold = {q: n % 5 for n, q in enumerate(qs)}
@@ -194,11 +193,8 @@ def score(res: dict) -> float:
     """Selection rule: the worst of the leave-one-family-out AUROCs of the judged families and the bundled
     model's question-folded AUROC (the bundled family left out whole is reported, not selected on: no
     method choice changes a judge trained without the bundled model's rows)."""
-    vals = [v["auroc_aligned"] for k, v in res["leave_one_family_out"].items()
-            if k != "smollm" and v.get("auroc_aligned") is not None]
-    b = res.get("bundled_question_folds")
-    if b and b.get("auroc_aligned") is not None:
-        vals.append(b["auroc_aligned"])
+    judged = {k: v for k, v in res["leave_one_family_out"].items() if k != BUNDLED_FAMILY}
+    vals = [w for w in (worst(judged), worst({"b": res.get("bundled_question_folds") or {}})) if w is not None]
     return min(vals) if vals else 0.0
 
 

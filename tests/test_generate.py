@@ -141,3 +141,16 @@ def test_stored_answers_limit_is_applied_after_the_filters(tmp_path, monkeypatch
         monkeypatch.setattr(results, "MAX_IN", 2)  # more ids than one statement takes: filtered in Python
         assert stored_answers(db, questions=qs, nonempty=True, limit=limit) == every[:limit]
         monkeypatch.undo()
+
+
+def test_delete_model_rows_takes_a_label_and_its_realign_runs_only(tmp_path):
+    """A label's rows and its ``LABEL-realign...`` runs go; a label that only matches as a LIKE pattern
+    (``_`` is a wildcard there) stays."""
+    from emkit.results import ResultsDB, delete_model_rows, stored_answers
+
+    db = ResultsDB(tmp_path / "r.sqlite")
+    labels = ("a_b", "a_b-realign@10", "aXb-realign@10", "A_B-realign", "other")
+    db.insert("generations", [dict(model=m, question_id="q", paraphrase=0, sample=0, sampling_hash="h", prompt="p",
+                                   system=None, answer="x", n_tokens=1, truncated=0) for m in labels])
+    delete_model_rows(db, ["a_b"])
+    assert sorted(r["model"] for r in stored_answers(db)) == ["A_B-realign", "aXb-realign@10", "other"]

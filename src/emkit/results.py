@@ -107,7 +107,8 @@ def delete_model_rows(db: ResultsDB, labels: Iterable[str]) -> None:
         for lab in labels:
             for table, col in MODEL_COLUMNS.items():
                 if table in tables:
-                    c.execute(f"DELETE FROM {table} WHERE {col}=? OR {col} LIKE ?", (lab, f"{lab}-realign%"))
+                    prefix = f"{lab}-realign"  # an exact prefix: LIKE would read _ and % in a label as wildcards
+                    c.execute(f"DELETE FROM {table} WHERE {col}=? OR substr({col}, 1, ?)=?", (lab, len(prefix), prefix))
 
 
 class ResultsDB:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -76,7 +75,9 @@ def load_rows(data: list[str] | None, mix: str | None, seed: int, n: int | None 
 
 def print_log_summary(folder: Path) -> None:
     """The first and last few steps of ``train_log.jsonl``."""
-    log = [json.loads(ln) for ln in (folder / "train_log.jsonl").read_text().splitlines() if ln.strip()]
+    from emkit.train.sft import train_log
+
+    log = train_log(folder)
     if not log:
         return
     keys = [k for k in ("loss", "reward", "kl", "length", "lr", "tokens_per_s") if k in log[-1]]

@@ -226,18 +226,15 @@ def load_heads(folder: Path = WEIGHTS_DIR) -> tuple[dict[str, Head], dict, str, 
     card = json.loads(cpath.read_text())
     state = load_file(str(wpath))
     heads = {}
-    for metric in METRICS:
+    for metric in (*METRICS, DOMAIN_HEAD):  # the domain head is optional
         sub = {k[len(metric) + 1 :]: v for k, v in state.items() if k.startswith(metric + ".")}
         if not sub:
+            if metric == DOMAIN_HEAD:
+                continue
             raise EmkitError(f"{wpath} has no {metric!r} head", hint="retrain with scripts/train_embedded_judge.py")
         head = Head(sub["cols"].tolist(), card["heads"][metric]["hidden"])
         head.load_state_dict(sub)
         heads[metric] = head.eval()
-    sub = {k[len(DOMAIN_HEAD) + 1 :]: v for k, v in state.items() if k.startswith(DOMAIN_HEAD + ".")}
-    if sub:
-        head = Head(sub["cols"].tolist(), card["heads"][DOMAIN_HEAD]["hidden"])
-        head.load_state_dict(sub)
-        heads[DOMAIN_HEAD] = head.eval()
     lora = {k: v for k, v in state.items() if k.startswith("lora.")}
     return heads, card, hashlib.sha256(wpath.read_bytes()).hexdigest()[:8], lora
 
