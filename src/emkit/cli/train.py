@@ -22,6 +22,7 @@ MIX_HELP = "A mixture CORRECT,INCORRECT,FRACTION[,N] (e.g. health_correct,health
 TRAIN_NAMES = {"max_steps": "steps", "warmup_steps": "warmup"}
 MODEL_FLAGS = {"model": ("--model", "-m")}
 REALIGN_SFT = field_default(RealignConfig, "sft")
+REALIGN_OFFERED = ("max_steps", "batch_size", "lr", "name", "device")  # SFT fields emkit realign offers as options
 
 
 def _split_csv(s: str | None) -> list[str] | None:
@@ -183,9 +184,8 @@ def register(app: typer.Typer) -> None:
     @app.command("realign")
     @config_options(RealignConfig, "settings", fields=("n_samples", "eval_every", "samples"),
                     flags={"n_samples": ("-n", "--n-samples")})
-    @config_options(SFTConfig, "sft", fields=("max_steps", "batch_size", "lr", "name", "device"), rename=TRAIN_NAMES,
-                    defaults={f: getattr(REALIGN_SFT, f) for f in ("max_steps", "batch_size", "lr", "name", "device")},
-                    fixed={"lora": LoRAConfig()},
+    @config_options(SFTConfig, "sft", fields=REALIGN_OFFERED, rename=TRAIN_NAMES,
+                    defaults={f: getattr(REALIGN_SFT, f) for f in REALIGN_OFFERED},
                     # realign's own wording: it offers no --epochs or --grad-accum (a step is one batch of rows)
                     help={"max_steps": "Optimizer steps.", "batch_size": "Rows per step.", "lr": "Learning rate."})
     @sampling_options(rename={"batch_size": "gen_batch_size"}, defaults={"max_new_tokens": 120, "batch_size": 32},
@@ -216,7 +216,8 @@ def register(app: typer.Typer) -> None:
         seed, name = sampling.seed, sft.name
         j = judge_options(judge, base_url, api_key_env, None, 8, 60.0, sft.device)
         rows = load_rows(data, None, seed)
-        cfg = replace(settings, sft=replace(sft, seed=seed))
+        # the fields not offered follow RealignConfig's own SFT settings, not SFTConfig's defaults
+        cfg = replace(settings, sft=replace(REALIGN_SFT, **{f: getattr(sft, f) for f in REALIGN_OFFERED}, seed=seed))
         run = Run(out_dir)
         run.record_seed(f"realign:{name}", seed)
         realign(run, model, rows, cfg, qs, j, sampling)
