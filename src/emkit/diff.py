@@ -124,13 +124,14 @@ def stored_ranking(db: Any, sae: str | None = None, source: str | None = None, t
         if val is not None:
             where.append(f"{col}=?")
             params.append(val)
-    sql = "SELECT * FROM latent_ranking" + (" WHERE " + " AND ".join(where) if where else "")
-    rows = db.query(sql + " ORDER BY created DESC, rank ASC", params)
-    if not rows:
+    cond = " AND ".join(where) or "1"
+    latest = db.query(f"SELECT sae_id, base, source, token_set FROM latent_ranking WHERE {cond} "
+                      "ORDER BY created DESC, rank ASC LIMIT 1", params)
+    if not latest:
         return []
-    key = (rows[0]["sae_id"], rows[0]["base"], rows[0]["source"], rows[0]["token_set"])
-    same = [r for r in rows if (r["sae_id"], r["base"], r["source"], r["token_set"]) == key]
-    same = sorted(same, key=lambda r: r["rank"])[:n]
+    k = latest[0]  # the newest ranking's key; then only its best n rows are read
+    same = db.query("SELECT * FROM latent_ranking WHERE sae_id=? AND base=? AND source=? AND token_set=? "
+                    "ORDER BY rank LIMIT ?", (k["sae_id"], k["base"], k["source"], k["token_set"], n))
     for r in same:
         r["deltas"] = json.loads(r["deltas"])
         r["misaligned"] = json.loads(r["misaligned"])
