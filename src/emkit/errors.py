@@ -13,3 +13,7 @@ class EmkitError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class StaleFolderError(EmkitError):
+    """A folder holds work (a capture, a checkpoint) made with other settings; clearing it lets the work restart."""

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from emkit.activations.forward import MAX_NORM_RATIO, run_to_layer
 from emkit.activations.store import DTYPES, FORMAT, INDEX, read_index, shard_name
 from emkit.activations.tokens import pad_batch, pad_token_id, token_windows
-from emkit.errors import EmkitError
+from emkit.errors import EmkitError, StaleFolderError
 from emkit.models.layers import hidden_size, hook_name
 from emkit.run import atomic_write_text
 
@@ -36,7 +36,7 @@ def _open_index(out: Path, settings: dict[str, Any], max_tokens: int | None) -> 
     index = read_index(out)
     changed = [k for k, v in settings.items() if index.get(k) != v]
     if changed:
-        raise EmkitError(f"{out} holds a capture with other settings ({', '.join(changed)})",
+        raise StaleFolderError(f"{out} holds a capture with other settings ({', '.join(changed)})",
                          hint="use another folder or delete this one")
     more = max_tokens is not None and max_tokens > index["n_tokens"] and index.get("stopped") == "max_tokens"
     if index["complete"] and not more:

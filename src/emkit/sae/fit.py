@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from emkit.errors import EmkitError
+from emkit.errors import EmkitError, StaleFolderError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,13 +39,11 @@ def fresh_folder(folder: Path) -> Path:
     return folder
 
 
-def retry_if_stale(fn: Callable[[], T], folder: Path, marker: str) -> T:
-    """Run ``fn``; if ``folder`` holds work from other settings (an error naming ``marker``), clear it, retry."""
+def retry_if_stale(fn: Callable[[], T], folder: Path) -> T:
+    """Run ``fn``; if ``folder`` holds work from other settings (:class:`StaleFolderError`), clear it, retry."""
     try:
         return fn()
-    except EmkitError as e:
-        if marker not in str(e):
-            raise
+    except StaleFolderError:
         log.warning("%s holds work from other settings; starting it afresh", folder)
         shutil.rmtree(folder, ignore_errors=True)
         return fn()
@@ -68,7 +66,7 @@ def capture_acts(model: Any, tok: Any, root: Path, *, model_name: str, layer: in
     acts = fresh_folder(root / f"acts-{config_hash(key)[:8]}")
     index = retry_if_stale(lambda: capture(model, tok, layer, iter_documents(corpus), acts, max_tokens=tokens,
                                            ctx_len=ctx_len, batch_size=batch_size, dtype=dtype, source=corpus,
-                                           progress=progress), acts, "other settings")
+                                           progress=progress), acts)
     if index["n_tokens"] == 0:
         raise EmkitError(f"the corpus {corpus!r} gave no tokens",
                          hint="fetch the offline corpus with `make corpus` (scripts/fetch_corpus.sh), or set "
@@ -85,6 +83,5 @@ def train_or_load(acts: Capture, root: Path, cfg: Any, *, corpus: str, progress:
     from emkit.sae.train import train_sae
 
     folder = fresh_folder(root / f"sae-{config_hash({'acts': acts.key, 'train': cfg})[:8]}")
-    res = retry_if_stale(lambda: train_sae(acts.path, folder, cfg, corpus=corpus, progress=progress), folder,
-                         "different training setup")
+    res = retry_if_stale(lambda: train_sae(acts.path, folder, cfg, corpus=corpus, progress=progress), folder)
     return folder, res

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from emkit.activations import ActivationStore
 from emkit.config import config_hash, to_dict
-from emkit.errors import EmkitError
+from emkit.errors import EmkitError, StaleFolderError
 from emkit.run import atomic_write_text
 from emkit.sae.config import SaeConfig
 from emkit.sae.io import save_sae
@@ -252,7 +252,7 @@ def train_sae(acts: str | Path | ActivationStore, out_dir: str | Path, cfg: SaeT
         (out / METRICS).unlink(missing_ok=True)
     if (ckpt / "state.json").is_file():
         if json.loads((ckpt / "state.json").read_text()).get("config_hash") != h:
-            raise EmkitError(f"{ckpt} is a checkpoint of a different training setup",
+            raise StaleFolderError(f"{ckpt} is a checkpoint of a different training setup",
                              hint="use another --out folder, or --restart to discard it")
         since_fired, state = _load_ckpt(ckpt, sae, opt)
     else:
