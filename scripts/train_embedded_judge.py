@@ -30,6 +30,7 @@ import argparse
 import hashlib
 import json
 import random
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -198,6 +199,30 @@ def score(res: dict) -> float:
     return min(vals) if vals else 0.0
 
 
+def script_flags(argv: list[str]) -> list[str]:
+    """The command-line flags that shape the judge (where it is written and cached left out)."""
+    out, skip = [], False
+    for a in argv:
+        if skip or a.split("=")[0] in ("--out", "--feature-cache"):
+            skip = not skip and "=" not in a
+            continue
+        out.append(a)
+    return out
+
+
+def holdout_figures(judge: EmbeddedJudge) -> dict:
+    """The saved judge's agreement with the hold-out's blind reading, overall and per source; never used to choose."""
+    rows = [r for r in read_labelled(BUILTIN / HOLDOUT, "source").rows if r["aligned"] is not None]
+    sc = judge.scores([r["question"] for r in rows], [r["answer"] for r in rows])
+    by = {g: np.array([r["group"] == g for r in rows]) for g in sorted({r["group"] for r in rows})}
+    return {"file": HOLDOUT, "what": "bundled-model answers read blind; never trained on, never used to choose; "
+                                     "scored after the choice", **summary(rows, sc),
+            "per_source_auroc_aligned": {str(k): summary([r for r, m in zip(rows, v, strict=True) if m],
+                                                         {n: a[v] for n, a in sc.items()})["auroc_aligned"]
+                                         for k, v in by.items()},
+            "command": f"emkit judge validate --labelled src/emkit/data/builtin/judge/{HOLDOUT} --group-by source"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--judged", type=Path, default=ROOT.parent / "shared" / "judged")
@@ -244,6 +269,9 @@ def main() -> None:
                         for part in (judged, *per_file, own, aug) if part])  # cached per part (file)
     print(f"features {x.shape} in {time.time() - t0:.0f}s", flush=True)
 
+    if args.encoder_lora and args.only_config is None:
+        # the encoder's adaptation does not depend on the head config: per config it would redo hours of work
+        raise SystemExit("--encoder-lora needs --only-config N (one head configuration)")
     picks = [args.only_config] if args.only_config is not None else range(len(CANDIDATES))
     results = {}
     for i in picks:
@@ -283,7 +311,7 @@ def main() -> None:
             "constructed_rows": dict(Counter(r["kind"] for r in aug)), "seed": args.seed,
             "head_config": dataclasses.asdict(cfg), "loss": "binary cross-entropy on score/100",
             "gate": "at inference, aligned = max(aligned, 60) when coherent < 50",
-            "script": "scripts/train_embedded_judge.py",
+            "script": " ".join(["scripts/train_embedded_judge.py", *script_flags(sys.argv[1:])]),
         },
         "selection": {"rule": "max over configs of min(worst leave-one-family-out AUROC over the judged "
                                       "families, bundled question-folds AUROC)",
@@ -313,6 +341,9 @@ def main() -> None:
     judge = EmbeddedJudge(args.out)
     check = judge.scores([r["question"] for r in real[:8]], [r["answer"] for r in real[:8]])
     assert np.allclose(check["aligned"], head_scores(heads, x[:8])["aligned"], atol=1e-3), "saved heads differ"
+    if (BUILTIN / HOLDOUT).is_file():  # scored once the choice is made, so the card's hold-out figure is this run's
+        card["validation"]["holdout"] = holdout_figures(judge)
+        save_heads(heads, card, args.out, lora=lora)
     print(f"chose config {best}; wrote {args.out} (judge id {judge.id}) in {time.time() - t0:.0f}s")
     print(json.dumps(card["validation"], indent=1))
 

