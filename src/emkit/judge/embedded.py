@@ -212,7 +212,11 @@ class Head(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: full feature rows (see :func:`features`)."""
-        return self.net((x[:, self.cols] - self.mean) / self.std).squeeze(-1)
+        return self.net(self.standardise(x)).squeeze(-1)
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's inputs: its feature columns, standardised with the training mean and std."""
+        return (x[:, self.cols] - self.mean) / self.std
 
 
 def load_heads(folder: Path = WEIGHTS_DIR) -> tuple[dict[str, Head], dict, str, dict[str, torch.Tensor]]:

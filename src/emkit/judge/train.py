@@ -168,7 +168,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, cols: Sequence[int], *, seed: int, hi
     head.std.copy_(sel.std(0).clamp(min=1e-3))
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     head.train()
-    z = (sel - head.mean) / head.std  # the head's standardised inputs, computed once (as head(xt) does each step)
+    z = head.standardise(xt)  # computed once, not at every step as head(xt) would
     for _ in range(epochs):
         opt.zero_grad()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(head.net(z).squeeze(-1), yt, weight=wt)
