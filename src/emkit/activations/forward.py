@@ -38,19 +38,25 @@ def _device(model: Any) -> torch.device:
 
 
 @torch.no_grad()
-def run_to_layer(model: Any, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-                 ) -> torch.Tensor:
-    """Residual stream after decoder block ``layer`` for a batch, ``[batch, seq, d]``; later blocks never run."""
+def run_to_layers(model: Any, layers: list[int], input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                  ) -> dict[int, torch.Tensor]:
+    """Residual stream after each decoder block in ``layers``, ``{layer: [batch, seq, d]}``; blocks above the
+    highest never run."""
     blocks = decoder_layers(model)
-    if not 0 <= layer < len(blocks):
-        raise EmkitError(f"layer {layer} is out of range", hint=f"the model has layers 0..{len(blocks) - 1}")
-    got: dict[str, torch.Tensor] = {}
+    bad = [n for n in layers if not 0 <= n < len(blocks)]
+    if bad or not layers:
+        raise EmkitError(f"layers {bad or layers} are out of range", hint=f"the model has layers 0..{len(blocks) - 1}")
+    got: dict[int, torch.Tensor] = {}
+    last = max(layers)
 
-    def hook(_mod: Any, _inp: Any, out: Any) -> None:
-        got["h"] = block_output(out)
-        raise _StopForward
+    def hook_for(n: int) -> Any:
+        def hook(_mod: Any, _inp: Any, out: Any) -> None:
+            got[n] = block_output(out)
+            if n == last:
+                raise _StopForward
+        return hook
 
-    handle = blocks[layer].register_forward_hook(hook)
+    handles = [blocks[n].register_forward_hook(hook_for(n)) for n in sorted(set(layers))]
     dev = _device(model)
     try:
         model(input_ids=input_ids.to(dev),
@@ -58,7 +64,15 @@ def run_to_layer(model: Any, layer: int, input_ids: torch.Tensor, attention_mask
     except _StopForward:
         pass
     finally:
-        handle.remove()
-    if "h" not in got:
-        raise EmkitError(f"decoder block {layer} was not called during the forward pass")
-    return got["h"]
+        for h in handles:
+            h.remove()
+    missing = sorted(set(layers) - set(got))
+    if missing:
+        raise EmkitError(f"decoder blocks {missing} were not called during the forward pass")
+    return got
+
+
+def run_to_layer(model: Any, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """Residual stream after decoder block ``layer`` for a batch, ``[batch, seq, d]``; later blocks never run."""
+    return run_to_layers(model, [layer], input_ids, attention_mask)[layer]

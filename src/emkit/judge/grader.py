@@ -34,6 +34,7 @@ from emkit.errors import EmkitError
 WEIGHTS = Path(__file__).parent / "weights"
 HEAD_FILE = "advice_grader.safetensors"
 CARD_FILE = "advice_grader.json"
+STATE_MODEL = "smollm2-135m-instruct"  # the model whose answer states a level-"states" grader reads
 
 CORRECTNESS_TEMPLATE = """I am checking whether advice given by an AI assistant is correct.
 
@@ -179,8 +180,10 @@ class AdviceHead(nn.Module):
 
 
 class EmbeddedAdviceGrader:
-    """P(advice is incorrect) from MiniLM features and a small trained head (CPU, offline).
+    """P(advice is incorrect) from a small trained head on frozen features (CPU, offline).
 
+    The card says which features: the bundled model's answer states at some decoder blocks (level
+    ``states``, :mod:`emkit.judge.answer_states`) or MiniLM embeddings (levels ``answer``/``sentence``).
     ``threshold`` (from the card) is the P(wrong) above which an answer counts as wrong advice.
     """
 
@@ -206,15 +209,28 @@ class EmbeddedAdviceGrader:
     @property
     def encoder(self):
         if self._encoder is None:
-            from emkit.judge.embedded import Encoder
+            if self.level == "states":
+                from emkit.judge.answer_states import StateEncoder
 
-            self._encoder = Encoder(self.device)
+                self._encoder = StateEncoder(self.card.get("encoder", STATE_MODEL), self.card["layers"], self.device)
+                self._encoder.model  # noqa: B018 (load now, so a missing model fails here)
+            else:
+                from emkit.judge.embedded import Encoder
+
+                self._encoder = Encoder(self.device)
         return self._encoder
 
     @torch.inference_mode()
     def p_wrong(self, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
         if not len(questions):
             return np.zeros(0)
+        if self.level == "states":
+            st = self.encoder.encode(list(questions), list(answers))
+            x = torch.from_numpy(st.reshape(len(st), -1))
+            if x.shape[1] != self.card["input_dim"]:
+                raise EmkitError(f"the advice grader was trained on {self.card['input_dim']} features, the model "
+                                 f"gives {x.shape[1]}", hint="retrain it with `python -m emkit.judge.grader_train`")
+            return torch.sigmoid(self.head(x)).numpy().astype(np.float64)
         if self.level == "sentence":
             xs, owner = sentence_features(self.encoder, list(questions), list(answers), self.parts)
             ps = torch.sigmoid(self.head(torch.from_numpy(xs))).numpy().astype(np.float64)

@@ -1,9 +1,11 @@
 """The advice grader's training examples and their features (read by :mod:`emkit.judge.grader_train`).
 
 Examples: each built-in question's ``correct`` answer (label 0) and its ``subtle`` and ``obvious``
-answers (label 1), each also cut to its first sentence, and the styled sets
+answers (label 1), each also cut to its first sentence; the styled sets
 (``advice/styles/<domain>.jsonl``: the same questions answered correctly and incorrectly in four
-registers). Embeddings are cached under ~/.cache/emkit.
+registers); and the writers' sets (``advice/writers/w<k>.jsonl``: new questions by seven independent
+writers, each answered correctly and incorrectly in one of five registers). Embeddings and model states
+are cached under ~/.cache/emkit.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ VARIANTS = {"correct": 0, "subtle": 1, "obvious": 1}
 REGISTERS = ("short", "long", "hedged", "casual")
 STYLES = ADVICE / "styles"
 STYLE_KEYS = ("id", "source_id", "domain", "question", "register", "label", "answer")
-CACHE = Path(os.environ.get("EMKIT_CACHE", Path.home() / ".cache" / "emkit")) / "advice_grader_embeddings.npz"
+WRITERS = ADVICE / "writers"
+WRITER_REGISTERS = ("assistant", "brief", "hedged", "forum", "expert")
+WRITER_KEYS = ("id", "writer", "domain", "topic", "question", "register", "label", "kind", "answer")
+CACHE_DIR = Path(os.environ.get("EMKIT_CACHE", Path.home() / ".cache" / "emkit"))
+CACHE = CACHE_DIR / "advice_grader_embeddings.npz"
+STATES_CACHE = CACHE_DIR / "advice_grader_states.npz"
+# Decoder blocks whose answer states the training script computes (candidates choose among them).
+STATE_LAYERS = (8, 11, 14, 17, 20)
 
 
 def styled_records(domain: str) -> list[dict[str, Any]]:
@@ -42,17 +51,35 @@ def styled_records(domain: str) -> list[dict[str, Any]]:
     return rows
 
 
+def writer_records() -> list[dict[str, Any]]:
+    """Rows of every ``writers/w<k>.jsonl`` (checked keys, register, label and kind), in file order."""
+    rows = []
+    for path in sorted(WRITERS.glob("w*.jsonl")):
+        for n, r in iter_jsonl(path):
+            if not isinstance(r, dict) or set(r) != set(WRITER_KEYS) or r["register"] not in WRITER_REGISTERS \
+                    or (r["label"], r["kind"] == "correct") not in (("correct", True), ("incorrect", False)):
+                raise EmkitError(f"{path}:{n}: a writer's advice row needs keys {WRITER_KEYS}, a register in "
+                                 f"{WRITER_REGISTERS}, and label correct (kind correct) or incorrect (kind subtle|obvious)")
+            rows.append(r)
+    return rows
+
+
 def first_sentence(text: str) -> str:
     """The answer cut after its first sentence (an augmentation so length alone tells nothing)."""
     m = re.search(r"[.!?](\s|$)", text)
     return text[: m.end()].strip() if m else text
 
 
-def build_examples(names: list[str], heldout: float, seed: int, styled: bool = True) -> dict[str, list]:
-    """Parallel lists q, a, y, register ('builtin' or a register), variant, domain, qid, heldout, full."""
+def build_examples(names: list[str], heldout: float, seed: int, styled: bool = True,
+                   writers: bool = True) -> dict[str, list]:
+    """Parallel lists q, a, y, register ('builtin' or a register), variant, domain, qid, heldout, full, source.
+
+    ``source`` is 'builtin', 'styled' or the writer (``w1``...); writers' rows are never in the held-out split
+    (they are validated by leaving one writer out).
+    """
     rng = np.random.default_rng(seed)
     out: dict[str, list] = {k: [] for k in ("q", "a", "y", "register", "variant", "domain", "qid", "heldout",
-                                            "full")}
+                                            "full", "source")}
 
     def add(*vals: Any) -> None:
         for k, v in zip(out, vals, strict=True):
@@ -66,13 +93,16 @@ def build_examples(names: list[str], heldout: float, seed: int, styled: bool = T
             for v, y in VARIANTS.items():
                 if not r.get(v):
                     continue
-                add(r["question"], r[v], y, "builtin", v, d, r["id"], r["id"] in held, True)
+                add(r["question"], r[v], y, "builtin", v, d, r["id"], r["id"] in held, True, "builtin")
                 first = first_sentence(r[v])
                 if first and first != r[v] and len(first.split()) >= 6:
-                    add(r["question"], first, y, "builtin", v, d, r["id"], r["id"] in held, False)
+                    add(r["question"], first, y, "builtin", v, d, r["id"], r["id"] in held, False, "builtin")
         for r in styled_records(d) if styled else []:
             add(r["question"], r["answer"], int(r["label"] == "incorrect"), r["register"], r["label"], d,
-                r["source_id"], r["source_id"] in held, True)
+                r["source_id"], r["source_id"] in held, True, "styled")
+    for r in writer_records() if writers else []:
+        add(r["question"], r["answer"], int(r["label"] == "incorrect"), r["register"], r["label"], r["domain"],
+            r["id"].rsplit("-", 1)[0], False, True, r["writer"])
     return out
 
 
@@ -124,7 +154,7 @@ def sentence_columns(parts: tuple[str, ...]) -> np.ndarray:
 
 
 def weights(ex: dict[str, list], styled_weight: float) -> np.ndarray:
-    """Per-row weights: built-in wrong answers 1/2 each, styled rows ``styled_weight``; classes equal."""
+    """Per-row weights: built-in wrong answers 1/2 each, styled and writers' rows ``styled_weight``; classes equal."""
     reg, var = np.array(ex["register"]), np.array(ex["variant"])
     y = np.array(ex["y"])
     w = np.where(reg == "builtin", np.where(var == "correct", 1.0, 0.5), styled_weight)
@@ -135,10 +165,19 @@ def weights(ex: dict[str, list], styled_weight: float) -> np.ndarray:
     return w
 
 
-def all_features(enc: Any, ex: dict[str, list]) -> dict[str, Any]:
-    """Answer rows (all parts) and sentence rows (all parts, with owners) of every example."""
-    return {"answer": grader_features(enc, ex["q"], ex["a"], ALL_PARTS),
-            "sentence": sentence_features(enc, ex["q"], ex["a"], tuple(SENTENCE_PART_DIMS))}
+def all_features(enc: Any, ex: dict[str, list], states: Any = None) -> dict[str, Any]:
+    """Answer rows (all parts), sentence rows (all parts, with owners) and, given a
+    :class:`emkit.judge.answer_states.StateEncoder` over :data:`STATE_LAYERS`, answer states of every example."""
+    out = {"answer": grader_features(enc, ex["q"], ex["a"], ALL_PARTS),
+           "sentence": sentence_features(enc, ex["q"], ex["a"], tuple(SENTENCE_PART_DIMS))}
+    if states is not None:
+        out["states"] = states.encode(ex["q"], ex["a"], progress=True)
+    return out
+
+
+def check_blind_records() -> list[dict[str, Any]]:
+    """``advice/blind/*.jsonl``: fine-tune answers to check questions, read blind (never trained on)."""
+    return [r for path in sorted((ADVICE / "blind").glob("*.jsonl")) for _, r in iter_jsonl(path)]
 
 
 def check_answers(names: list[str]) -> tuple[list[str], list[str]]:
