@@ -227,6 +227,9 @@ def test_shipped_grader_card_and_held_out_styled_advice():
     card = g.card
     v = card["validation"]
     assert set(v) == {"leave_one_register_out", "leave_one_domain_out", "leave_one_writer_out", "builtin_heldout"}
+    from emkit.judge.grader_data import writer_records
+
+    assert card["examples"]["writers"] == len(writer_records())
     assert "register long" in report(card) and "domain all_styled" in report(card) and "writer w7" in report(card)
     ex = build_examples(domains(), card["heldout_share_of_questions"], card["seed"])
     held = [i for i, h in enumerate(ex["heldout"]) if h and ex["source"][i] == "styled"][::5][:60]

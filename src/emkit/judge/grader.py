@@ -224,18 +224,15 @@ class EmbeddedAdviceGrader:
     def p_wrong(self, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
         if not len(questions):
             return np.zeros(0)
-        if self.level == "states":
-            st = self.encoder.encode(list(questions), list(answers))
-            x = torch.from_numpy(st.reshape(len(st), -1))
-            if x.shape[1] != self.card["input_dim"]:
-                raise EmkitError(f"the advice grader was trained on {self.card['input_dim']} features, the model "
-                                 f"gives {x.shape[1]}", hint="retrain it with `python -m emkit.judge.grader_train`")
-            return torch.sigmoid(self.head(x)).numpy().astype(np.float64)
         if self.level == "sentence":
             xs, owner = sentence_features(self.encoder, list(questions), list(answers), self.parts)
             ps = torch.sigmoid(self.head(torch.from_numpy(xs))).numpy().astype(np.float64)
             return mean_by_owner(ps, owner, len(answers))
-        x = torch.from_numpy(grader_features(self.encoder, questions, answers, self.parts))
+        if self.level == "states":
+            st = self.encoder.encode(list(questions), list(answers))
+            x = torch.from_numpy(st.reshape(len(st), -1))
+        else:
+            x = torch.from_numpy(grader_features(self.encoder, questions, answers, self.parts))
         if x.shape[1] != self.card["input_dim"]:
             raise EmkitError(f"the advice grader was trained on {self.card['input_dim']} features, the encoder now "
                              f"gives {x.shape[1]}", hint="retrain it with `python -m emkit.judge.grader_train`")

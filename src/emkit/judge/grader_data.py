@@ -64,6 +64,11 @@ def writer_records() -> list[dict[str, Any]]:
     return rows
 
 
+def written_mask(source: np.ndarray) -> np.ndarray:
+    """Which examples come from the writers' sets (``source`` is neither 'builtin' nor 'styled')."""
+    return ~np.isin(source, ["builtin", "styled"])
+
+
 def first_sentence(text: str) -> str:
     """The answer cut after its first sentence (an augmentation so length alone tells nothing)."""
     m = re.search(r"[.!?](\s|$)", text)

@@ -61,6 +61,7 @@ from emkit.judge.grader_data import (
     columns,
     sentence_columns,
     weights,
+    written_mask,
 )
 
 FOLDS = 4
@@ -181,7 +182,7 @@ def cross_validate(feats: dict[str, Any], ex: dict[str, list], method: dict[str,
     y, reg, dom = np.array(ex["y"]), np.array(ex["register"]), np.array(ex["domain"])
     qid, held, full = np.array(ex["qid"]), np.array(ex["heldout"]), np.array(ex["full"])
     source = np.array(ex["source"])
-    styled, written = source == "styled", ~np.isin(source, ["builtin", "styled"])
+    styled, written = source == "styled", written_mask(source)
     sq = sorted(set(qid[styled]))
     fold_of = dict(zip(np.random.default_rng(seed).permutation(sq).tolist(), np.arange(len(sq)) % FOLDS,
                        strict=True))
@@ -284,7 +285,7 @@ def train(seed: int = 0, heldout: float = 0.2, method: str = METHOD, compare: bo
         "styled_weight": m["styled_weight"], "heldout_share_of_questions": heldout, "domains": names,
         "registers": list(REGISTERS), "writer_registers": list(WRITER_REGISTERS),
         "examples": {"train": int((~held).sum()), "heldout": int(held.sum()), "styled": int((source == "styled").sum()),
-                     "writers": int(~np.isin(source, ["builtin", "styled"]).sum())},
+                     "writers": int(written_mask(source).sum())},
         "labels": "correct = 0; built-in subtle/obvious, styled and writers' incorrect = 1; classes weighted equally",
         "figures": "flagged_incorrect / passed_correct at the threshold and AUROC, on rows the head did not "
                    "see; leave_one_register_out also leaves out the test rows' questions (4 folds); "
