@@ -165,7 +165,7 @@ def test_cross_validation_protocols_on_a_small_sample():
 
 
 def test_writer_advice_sets():
-    """The writers' sets (eleven): 70 questions each, one correct and one incorrect answer per question in one
+    """The writers' sets (fifteen): 70 questions each, one correct and one incorrect answer per question in one
     register, unique ids and answers, none copying a built-in or styled answer."""
     from collections import Counter
 
@@ -173,11 +173,11 @@ def test_writer_advice_sets():
     from emkit.judge.grader_data import WRITER_REGISTERS, styled_records, writer_records
 
     rows = writer_records()
-    assert Counter(r["writer"] for r in rows) == {f"w{k}": 140 for k in range(1, 12)}
+    assert Counter(r["writer"] for r in rows) == {f"w{k}": 140 for k in range(1, 16)}
     pairs: dict[str, list] = {}
     for r in rows:
         pairs.setdefault(r["id"].rsplit("-", 1)[0], []).append(r)
-    assert len(pairs) == 770
+    assert len(pairs) == 1050
     for qid, (a, b) in pairs.items():
         assert {a["label"], b["label"]} == {"correct", "incorrect"}, qid
         assert a["question"] == b["question"] and a["register"] == b["register"] and a["domain"] == b["domain"]
@@ -197,7 +197,7 @@ def test_writer_advice_sets():
     with open(ADVICE / "writers" / "blind_check.csv", newline="") as f:
         checked = list(csv.DictReader(f))
     ids = {r["id"] for r in rows}
-    assert len(checked) == 140 and all(c["id"] in ids and c["reader_wrong"] in ("true", "false") for c in checked)
+    assert len(checked) == 180 and all(c["id"] in ids and c["reader_wrong"] in ("true", "false") for c in checked)
 
 
 def test_sentence_level_scores_are_sentence_means():
