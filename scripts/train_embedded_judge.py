@@ -19,8 +19,9 @@ into the judge's card. Reproducible by seed:
     python scripts/train_embedded_judge.py --out /tmp/judge     # search CANDIDATES (bundled weight 5, no domain head)
     python scripts/train_embedded_judge.py --encoder-lora 4,5:8 --only-config 1 --out /tmp/judge   # LoRA experiment
 
-``--bundled FILE...`` names the bundled model's blind-read training files (default: bundled_blind.jsonl and
-bundled_blind_extra.jsonl); the hold-out (bundled_blind_holdout.jsonl) is refused. ``--domain-head`` adds an
+``--bundled FILE...`` names the bundled model's blind-read training files (default: bundled_blind.jsonl,
+bundled_blind_extra.jsonl and bundled_blind_more.jsonl); the hold-outs (bundled_blind_holdout.jsonl,
+bundled_blind_holdout_b.jsonl) are refused and scored once the choice is made. ``--domain-head`` adds an
 aligned head fitted on those rows only (see the card's selection table for why v3 uses it).
 """
 
@@ -79,25 +80,27 @@ def sample_judged(folder: Path, seed: int) -> list[dict]:
             for r in out]
 
 
-HOLDOUT = "bundled_blind_holdout.jsonl"  # never trained on, never used to choose anything
+# never trained on, never used to choose anything; scored after the choice
+HOLDOUTS = ("bundled_blind_holdout.jsonl", "bundled_blind_holdout_b.jsonl")
+TRAINING_FILES = ("bundled_blind.jsonl", "bundled_blind_extra.jsonl", "bundled_blind_more.jsonl")
 BUNDLED_FAMILY = "smollm"  # the family of the bundled model's rows
 
 
 def default_bundled() -> list[Path]:
-    """The bundled model's blind-read training files: bundled_blind.jsonl, and bundled_blind_extra.jsonl if present."""
-    return [p for p in (BUILTIN / "bundled_blind.jsonl", BUILTIN / "bundled_blind_extra.jsonl") if p.is_file()]
+    """The bundled model's blind-read training files (:data:`TRAINING_FILES`) that exist."""
+    return [p for p in (BUILTIN / name for name in TRAINING_FILES) if p.is_file()]
 
 
 def bundled_rows(weight: float = 1.0, files: list[Path] | None = None) -> list[dict]:
     """The bundled model's blind-read answers from ``files`` (default: :func:`default_bundled`), with a loss
     weight (few rows, but the model emkit ships). A (question, answer) pair already read from an earlier file
     is skipped; repeats within a file are kept (a small model often gives the same short answer twice)."""
-    hold = BUILTIN / HOLDOUT
-    held = {(r["question"], r["answer"]) for r in read_labelled(hold).rows} if hold.is_file() else set()
+    held = {(r["question"], r["answer"]) for name in HOLDOUTS if (BUILTIN / name).is_file()
+            for r in read_labelled(BUILTIN / name).rows}
     rows: list[dict] = []
     for path in default_bundled() if files is None else files:
         got = read_labelled(path).rows
-        if path.name == HOLDOUT or any((r["question"], r["answer"]) in held for r in got):
+        if path.name in HOLDOUTS or any((r["question"], r["answer"]) in held for r in got):
             raise SystemExit(f"{path} is or holds answers of the hold-out set: it must never be trained on")
         seen = {(r["question"], r["answer"]) for r in rows}
         rows += [{**r, "family": BUNDLED_FAMILY, "group": BUNDLED_FAMILY, "weight": weight, "file": path.name}
@@ -210,17 +213,17 @@ def script_flags(argv: list[str]) -> list[str]:
     return out
 
 
-def holdout_figures(judge: EmbeddedJudge) -> dict:
-    """The saved judge's agreement with the hold-out's blind reading, overall and per source; never used to choose."""
-    rows = [r for r in read_labelled(BUILTIN / HOLDOUT, "source").rows if r["aligned"] is not None]
+def holdout_figures(judge: EmbeddedJudge, name: str) -> dict:
+    """The saved judge's agreement with a hold-out's blind reading, overall and per source; never used to choose."""
+    rows = [r for r in read_labelled(BUILTIN / name, "source").rows if r["aligned"] is not None]
     sc = judge.scores([r["question"] for r in rows], [r["answer"] for r in rows])
     by = {g: np.array([r["group"] == g for r in rows]) for g in sorted({r["group"] for r in rows})}
-    return {"file": HOLDOUT, "what": "bundled-model answers read blind; never trained on, never used to choose; "
+    return {"file": name, "what": "bundled-model answers read blind; never trained on, never used to choose; "
                                      "scored after the choice", **summary(rows, sc),
             "per_source_auroc_aligned": {str(k): summary([r for r, m in zip(rows, v, strict=True) if m],
                                                          {n: a[v] for n, a in sc.items()})["auroc_aligned"]
                                          for k, v in by.items()},
-            "command": f"emkit judge validate --labelled src/emkit/data/builtin/judge/{HOLDOUT} --group-by source"}
+            "command": f"emkit judge validate --labelled src/emkit/data/builtin/judge/{name} --group-by source"}
 
 
 def main() -> None:
@@ -341,8 +344,9 @@ def main() -> None:
     judge = EmbeddedJudge(args.out)
     check = judge.scores([r["question"] for r in real[:8]], [r["answer"] for r in real[:8]])
     assert np.allclose(check["aligned"], head_scores(heads, x[:8])["aligned"], atol=1e-3), "saved heads differ"
-    if (BUILTIN / HOLDOUT).is_file():  # scored once the choice is made, so the card's hold-out figure is this run's
-        card["validation"]["holdout"] = holdout_figures(judge)
+    held = [name for name in HOLDOUTS if (BUILTIN / name).is_file()]
+    if held:  # scored once the choice is made, so the card's hold-out figures are this run's
+        card["validation"]["holdouts"] = [holdout_figures(judge, name) for name in held]
         save_heads(heads, card, args.out, lora=lora)
     print(f"chose config {best}; wrote {args.out} (judge id {judge.id}) in {time.time() - t0:.0f}s")
     print(json.dumps(card["validation"], indent=1))

@@ -90,7 +90,7 @@ def test_card_states_licences_and_data(judge):
     assert sum(p.stat().st_size for p in WEIGHTS_DIR.iterdir()) < 3_000_000  # small weights
 
 
-@pytest.mark.xfail(strict=True, reason="known limit of the shipped judge (v2 and v3) (trained on real EM answers of 7B-32B models "
+@pytest.mark.xfail(strict=True, reason="known limit of the shipped judge (v2 to v4) (trained on real EM answers of 7B-32B models "
                    "and the bundled model's blind-read answers): it reads short hand-written answers as "
                    "incoherent and misses terse hostility; see the judge card and README 'Judges'")
 def test_separates_aligned_from_misaligned_answers_it_never_saw(judge):
@@ -209,7 +209,7 @@ def test_lora_merge_matches_the_wrapped_model():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the shipped judge (v2, v3) is not trained on emkit's hand-written set; its held-out "
+@pytest.mark.xfail(strict=True, reason="the shipped judge (v2 to v4) is not trained on emkit's hand-written set; its held-out "
                    "split is another style (short written answers), where the judge is weak: see the card")
 def test_heldout_auroc_of_the_shipped_judge(judge):
     from emkit.judge.labels import read_labelled

@@ -52,7 +52,7 @@ def test_bundled_rows_read_every_file_once_and_never_the_holdout(script, tmp_pat
     assert len(script.bundled_rows(1.0, [write(tmp_path / "twice.jsonl", rows(2, "t") * 2)])) == 4  # kept in a file
     assert all(r["family"] == "smollm" and r["weight"] == 5.0 for r in out)
     with pytest.raises(SystemExit, match="hold-out"):
-        script.bundled_rows(1.0, [write(tmp_path / script.HOLDOUT, rows(2, "h"))])
+        script.bundled_rows(1.0, [write(tmp_path / script.HOLDOUTS[1], rows(2, "h"))])
     monkeypatch.setattr(script, "BUILTIN", tmp_path)
     assert script.default_bundled() == [a]
     extra = write(tmp_path / "bundled_blind_extra.jsonl", rows(3, "c"))
