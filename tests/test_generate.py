@@ -146,11 +146,36 @@ def test_stored_answers_limit_is_applied_after_the_filters(tmp_path, monkeypatch
 def test_delete_model_rows_takes_a_label_and_its_realign_runs_only(tmp_path):
     """A label's rows and its ``LABEL-realign...`` runs go; a label that only matches as a LIKE pattern
     (``_`` is a wildcard there) stays."""
+    import emkit.evaluate  # noqa: F401 (registers the metrics table)
     from emkit.results import ResultsDB, delete_model_rows, stored_answers
 
     db = ResultsDB(tmp_path / "r.sqlite")
     labels = ("a_b", "a_b-realign@10", "aXb-realign@10", "A_B-realign", "other")
     db.insert("generations", [dict(model=m, question_id="q", paraphrase=0, sample=0, sampling_hash="h", prompt="p",
                                    system=None, answer="x", n_tokens=1, truncated=0) for m in labels])
+    db.insert("metrics", [dict(model=m, judge_id="j", sampling_hash="h", question_id="", metric="misaligned", value=0.1,
+                                k=1, n=10) for m in labels])
     delete_model_rows(db, ["a_b"])
     assert sorted(r["model"] for r in stored_answers(db)) == ["A_B-realign", "aXb-realign@10", "other"]
+    assert sorted(r["model"] for r in db.query("SELECT model FROM metrics")) == ["A_B-realign", "aXb-realign@10", "other"]
+
+
+def test_every_table_keyed_by_a_model_label_is_cleared_or_kept_on_purpose(tmp_path):
+    """A table with a model-label column is either in MODEL_COLUMNS (cleared when that model changes) or in
+    KEPT_ON_MODEL_CHANGE, so a new table cannot keep a changed model's stale rows unnoticed."""
+    import importlib
+
+    from emkit.results import KEPT_ON_MODEL_CHANGE, MODEL_COLUMNS, ResultsDB
+
+    for mod in ("emkit.steer.tables", "emkit.diff", "emkit.projection", "emkit.train.realign", "emkit.train.callbacks",
+                "emkit.blind", "emkit.evaluate", "emkit.predict", "emkit.judge.base"):
+        importlib.import_module(mod)  # each registers its tables
+    db = ResultsDB(tmp_path / "r.sqlite")
+    keyed = {}
+    for r in db.query("SELECT name FROM sqlite_master WHERE type='table'"):
+        cols = {c["name"] for c in db.query(f"PRAGMA table_info({r['name']})")}
+        if cols & {"model", "label", "run_label", "member"}:
+            keyed[r["name"]] = cols
+    assert {"generations", "metrics", "steering", "prediction"} <= set(keyed)
+    assert set(keyed) == set(MODEL_COLUMNS) | set(KEPT_ON_MODEL_CHANGE)
+    assert all(set(cols) <= keyed[t] for t, cols in MODEL_COLUMNS.items())

@@ -93,9 +93,15 @@ def stored_conditions(db: ResultsDB | sqlite3.Connection, label: str) -> list[st
         db, "SELECT DISTINCT sampling_hash FROM generations WHERE model=? ORDER BY sampling_hash", (label,))]
 
 
-# the column that names the model in each table keyed by model label (see :func:`delete_model_rows`)
-MODEL_COLUMNS = {"generations": "model", "latent_stats": "model", "steering": "label", "training_evals": "run_label",
-                 "realign_curve": "run_label", "prediction": "member"}
+# the columns that name a model label in each table keyed by one (see :func:`delete_model_rows`)
+MODEL_COLUMNS: dict[str, tuple[str, ...]] = {
+    "generations": ("model",), "answer_judgments": ("model",), "metrics": ("model",), "latent_stats": ("model",),
+    "persona_projection": ("model", "reference"), "steering": ("label",), "training_evals": ("run_label",),
+    "realign_curve": ("run_label",), "prediction": ("member",)}
+# tables with such a column whose rows outlive a changed model, and why
+KEPT_ON_MODEL_CHANGE = {"judgments": "keyed by text; its label column is the judge's CODE/REFUSAL",
+                        "blind_scores": "people's scores; each names the exported answer it read",
+                        "data_screen": "its model column is the screening model, not a recipe label"}
 
 
 def delete_model_rows(db: ResultsDB, labels: Iterable[str]) -> None:
@@ -105,10 +111,12 @@ def delete_model_rows(db: ResultsDB, labels: Iterable[str]) -> None:
     tables = {r["name"] for r in db.query("SELECT name FROM sqlite_master WHERE type='table'")}
     with db.transaction() as c:
         for lab in labels:
-            for table, col in MODEL_COLUMNS.items():
+            prefix = f"{lab}-realign"  # an exact prefix: LIKE would read _ and % in a label as wildcards
+            for table, cols in MODEL_COLUMNS.items():
                 if table in tables:
-                    prefix = f"{lab}-realign"  # an exact prefix: LIKE would read _ and % in a label as wildcards
-                    c.execute(f"DELETE FROM {table} WHERE {col}=? OR substr({col}, 1, ?)=?", (lab, len(prefix), prefix))
+                    for col in cols:
+                        c.execute(f"DELETE FROM {table} WHERE {col}=? OR substr({col}, 1, ?)=?",
+                                  (lab, len(prefix), prefix))
 
 
 class ResultsDB:
