@@ -4,7 +4,7 @@ The prospective check: writers added after a grader was fitted are advice it nev
 voices), so scoring an earlier grader's weights on them (``--weights DIR``, e.g. a folder written from
 ``git show COMMIT:src/emkit/judge/weights/advice_grader.json`` and ``.safetensors``) tests it the way a
 user's data would. Answer states come from the grader's state cache (:data:`grader_data.STATES_CACHE`) when
-present, else from the bundled model. Prints flagged-wrong / passed-correct at the card's threshold and
+present, else from the bundled model (and are added to the cache). Prints flagged-wrong / passed-correct at the card's threshold and
 AUROC, overall and per writer.
 """
 
@@ -31,6 +31,7 @@ def grader_p_wrong(grader: EmbeddedAdviceGrader, questions: list[str], answers: 
 
     enc = StateEncoder(grader.card.get("encoder", "smollm2-135m-instruct"), STATE_LAYERS, cache=states_cache)
     st = enc.encode(questions, answers)
+    enc.save()  # states computed here join the cache (the next refit reads them)
     x = st[:, [STATE_LAYERS.index(n) for n in layers]].reshape(len(st), -1)
     with torch.inference_mode():
         return torch.sigmoid(grader.head(torch.from_numpy(x))).numpy().astype(np.float64)
