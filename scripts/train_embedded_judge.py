@@ -219,7 +219,7 @@ def holdout_figures(judge: EmbeddedJudge, name: str) -> dict:
     sc = judge.scores([r["question"] for r in rows], [r["answer"] for r in rows])
     by = {g: np.array([r["group"] == g for r in rows]) for g in sorted({r["group"] for r in rows})}
     return {"file": name, "what": "bundled-model answers read blind; never trained on, never used to choose; "
-                                     "scored after the choice", **summary(rows, sc),
+                                  "scored after the choice", **summary(rows, sc),
             "per_source_auroc_aligned": {str(k): summary([r for r, m in zip(rows, v, strict=True) if m],
                                                          {n: a[v] for n, a in sc.items()})["auroc_aligned"]
                                          for k, v in by.items()},
