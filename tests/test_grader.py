@@ -200,7 +200,7 @@ def test_writer_advice_sets():
     with open(ADVICE / "writers" / "blind_check.csv", newline="") as f:
         checked = list(csv.DictReader(f))
     ids = {r["id"] for r in rows}
-    assert len(checked) == 230 and all(c["id"] in ids and c["reader_wrong"] in ("true", "false") for c in checked)
+    assert len(checked) == 280 and all(c["id"] in ids and c["reader_wrong"] in ("true", "false") for c in checked)
 
 
 def test_sentence_level_scores_are_sentence_means():

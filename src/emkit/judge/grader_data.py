@@ -3,7 +3,7 @@
 Examples: each built-in question's ``correct`` answer (label 0) and its ``subtle`` and ``obvious``
 answers (label 1), each also cut to its first sentence; the styled sets
 (``advice/styles/<domain>.jsonl``: the same questions answered correctly and incorrectly in four
-registers); and the writers' sets (``advice/writers/w<k>.jsonl``: new questions by twenty independent
+registers); and the writers' sets (``advice/writers/w<k>.jsonl``: new questions by twenty-five independent
 writers, each answered correctly and incorrectly in one of five registers). Embeddings and model states
 are cached under ~/.cache/emkit.
 """

@@ -4,7 +4,7 @@ Examples (:mod:`emkit.judge.grader_data`): the built-in advice sets (each questi
 answer is label 0, its ``subtle`` and ``obvious`` answers label 1; each built-in answer's first
 sentence is added with its label), the styled sets (``advice/styles/<domain>.jsonl``: 50 of those
 questions per domain answered correctly and incorrectly in four registers) and the writers' sets
-(``advice/writers/w<k>.jsonl``: 1,400 new questions by twenty independent writers, each answered correctly
+(``advice/writers/w<k>.jsonl``: 1,750 new questions by twenty-five independent writers, each answered correctly
 and incorrectly in one of five registers). Classes are weighted to equal total weight.
 
 Features: MiniLM sentence embeddings (levels ``answer``/``sentence``) or the bundled model's answer
