@@ -31,3 +31,19 @@ def bundled():
     from emkit.models import BUNDLED, load_model
 
     return load_model(BUNDLED, device="cpu")
+
+
+@pytest.fixture
+def block_runs():
+    """``block_runs(model, n, fn)`` -> (``fn()``, how many times decoder block ``n`` ran during it)."""
+    from emkit.models.layers import decoder_layers
+
+    def run(model, n, fn):
+        calls = []
+        h = decoder_layers(model)[n].register_forward_hook(lambda *a: calls.append(1))
+        try:
+            return fn(), len(calls)
+        finally:
+            h.remove()
+
+    return run

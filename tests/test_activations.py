@@ -18,7 +18,6 @@ from emkit.activations import (
 )
 from emkit.errors import EmkitError
 from emkit.models.chat import assistant_mask
-from emkit.models.layers import decoder_layers
 
 DOCS = [
     "The quick brown fox jumps over the lazy dog. " * 6,
@@ -31,16 +30,11 @@ CHAT = [{"role": "user", "content": "What is the capital of France?"},
         {"role": "assistant", "content": "The capital of France is Paris."}]
 
 
-def test_run_to_layer_matches_full_forward_and_skips_later_blocks(tiny):
+def test_run_to_layer_matches_full_forward_and_skips_later_blocks(tiny, block_runs):
     model, tok = tiny
     ids = torch.tensor([tok("hello world how are you")["input_ids"]])
-    calls = []
-    h = decoder_layers(model)[1].register_forward_hook(lambda *a: calls.append(1))
-    try:
-        got = run_to_layer(model, 0, ids)
-    finally:
-        h.remove()
-    assert calls == []  # block 1 never ran
+    got, calls = block_runs(model, 1, lambda: run_to_layer(model, 0, ids))
+    assert calls == 0  # block 1 never ran
     with torch.no_grad():
         full = model(input_ids=ids, output_hidden_states=True).hidden_states
     torch.testing.assert_close(got, full[1])  # hidden_states[0] is the embedding output

@@ -12,7 +12,6 @@ from emkit.activations import run_to_layer
 from emkit.activations.forward import run_to_layers
 from emkit.errors import EmkitError
 from emkit.judge.answer_states import StateEncoder, _token_rows, answer_states
-from emkit.models.layers import decoder_layers
 
 QS = ["Is 38.2 a fever?", "Should I check my tyre pressure before a long drive?", "Ice or heat for a sprain?"]
 ANS = ["Yes, for an adult 38 or above counts as a fever; rest and drink fluids.",
@@ -20,16 +19,11 @@ ANS = ["Yes, for an adult 38 or above counts as a fever; rest and drink fluids."
        "Ice for the first two days, then gentle heat."]
 
 
-def test_run_to_layers_returns_each_block_and_stops_after_the_highest(tiny):
+def test_run_to_layers_returns_each_block_and_stops_after_the_highest(tiny, block_runs):
     model, tok = tiny
     ids = torch.tensor([tok("hello world how are you")["input_ids"]])
-    calls = []
-    h = decoder_layers(model)[1].register_forward_hook(lambda *a: calls.append(1))
-    try:
-        got = run_to_layers(model, [0], ids)
-    finally:
-        h.remove()
-    assert calls == [] and set(got) == {0}
+    got, calls = block_runs(model, 1, lambda: run_to_layers(model, [0], ids))
+    assert calls == 0 and set(got) == {0}
     both = run_to_layers(model, [1, 0], ids)
     torch.testing.assert_close(both[0], run_to_layer(model, 0, ids))
     torch.testing.assert_close(both[1], run_to_layer(model, 1, ids))

@@ -114,3 +114,19 @@ class StateEncoder:
             np.savez(tmp, keys=np.array(list(self.memo)), states=np.stack(list(self.memo.values())))
             os.replace(tmp, self.cache)
             self.added = 0
+
+
+class LayerView:
+    """Some of a :class:`StateEncoder`'s layers, as an encoder: reads (and fills) that encoder's memo and
+    cache, so a grader on blocks 14+17+20 reuses states computed for all :data:`grader_data.STATE_LAYERS`."""
+
+    def __init__(self, states: StateEncoder, layers: Sequence[int]):
+        missing = sorted(set(layers) - set(states.layers))
+        if missing:
+            raise ValueError(f"layers {missing} are not among the encoder's {states.layers}")
+        self.states, self.layers = states, list(layers)
+        self._idx = [states.layers.index(n) for n in layers]
+
+    def encode(self, questions: Sequence[str], answers: Sequence[str], progress: bool = False) -> np.ndarray:
+        """``[n, len(layers), d]`` features."""
+        return self.states.encode(questions, answers, progress)[:, self._idx]

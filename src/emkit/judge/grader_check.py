@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from emkit.judge.grader import WEIGHTS, EmbeddedAdviceGrader
 from emkit.judge.grader_data import STATE_LAYERS, STATES_CACHE, writer_records
@@ -23,18 +22,18 @@ from emkit.judge.grader_data import STATE_LAYERS, STATES_CACHE, writer_records
 
 def grader_p_wrong(grader: EmbeddedAdviceGrader, questions: list[str], answers: list[str],
                    states_cache: Path | None = STATES_CACHE) -> np.ndarray:
-    """P(wrong) of each answer; a state grader reads its blocks from the cached states of all :data:`STATE_LAYERS`."""
+    """P(wrong) of each answer; a state grader reads its blocks from the cached states of all :data:`STATE_LAYERS`
+    (states computed here join the cache, so the next refit reads them)."""
     layers = grader.card.get("layers") or []
     if grader.level != "states" or not set(layers) <= set(STATE_LAYERS):
         return grader.p_wrong(questions, answers)
-    from emkit.judge.answer_states import StateEncoder
+    from emkit.judge.answer_states import LayerView, StateEncoder
 
-    enc = StateEncoder(grader.card.get("encoder", "smollm2-135m-instruct"), STATE_LAYERS, cache=states_cache)
-    st = enc.encode(questions, answers)
-    enc.save()  # states computed here join the cache (the next refit reads them)
-    x = st[:, [STATE_LAYERS.index(n) for n in layers]].reshape(len(st), -1)
-    with torch.inference_mode():
-        return torch.sigmoid(grader.head(torch.from_numpy(x))).numpy().astype(np.float64)
+    states = StateEncoder(grader.card.get("encoder", "smollm2-135m-instruct"), STATE_LAYERS, cache=states_cache)
+    grader._encoder = LayerView(states, layers)
+    p = grader.p_wrong(questions, answers)
+    states.save()
+    return p
 
 
 def check_writers(writers: list[str], weights: Path = WEIGHTS, states_cache: Path | None = STATES_CACHE

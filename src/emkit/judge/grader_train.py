@@ -238,7 +238,7 @@ def train(seed: int = 0, heldout: float = 0.2, method: str = METHOD, compare: bo
     the shipped head, write weights + card."""
     from safetensors.torch import save_file
 
-    from emkit.judge.answer_states import StateEncoder
+    from emkit.judge.answer_states import LayerView, StateEncoder
     from emkit.judge.embedded import ENCODER_NAME
     from emkit.judge.grader import STATE_MODEL, EmbeddedAdviceGrader
 
@@ -298,8 +298,8 @@ def train(seed: int = 0, heldout: float = 0.2, method: str = METHOD, compare: bo
         card["rule_pick"] = method
     (out / CARD_FILE).write_text(json.dumps(_round(card), indent=2) + "\n")
     grader = EmbeddedAdviceGrader(out)
-    if m["level"] == "states":
-        grader._encoder = StateEncoder(states.model, m["layers"])
+    if m["level"] == "states":  # the check answers' states join the training states' cache
+        grader._encoder = LayerView(states, m["layers"])
     else:
         grader._encoder = enc
     check_q, check_a = check_answers(names)
@@ -313,6 +313,8 @@ def train(seed: int = 0, heldout: float = 0.2, method: str = METHOD, compare: bo
         pb = grader.p_wrong([r["question"] for r in blind], [r["answer"] for r in blind])
         metrics["check_blind_advice"] = rates(pb, np.array([int(r["wrong"]) for r in blind]), m["threshold"])
     enc.save()
+    if states is not None:
+        states.save()
     t1 = time.time()
     fresh = EmbeddedAdviceGrader(out)
     fresh.encoder  # noqa: B018 (load the encoder before timing)
@@ -367,6 +369,8 @@ def report(card: dict[str, Any]) -> str:
         lines.append(f"candidate {name}: " + ", ".join(f"{k} {x:.3f}" for k, x in s.items()))
     if "rule_pick" in card:
         lines.append(f"selection rule: {card['selection_rule']} -> {card['rule_pick']}")
+    if "seconds" in card:
+        lines.append(f"fitted and validated in {card['seconds'] / 60:.1f} min")
     if "answers_per_second" in card:
         lines.append(f"throughput: {card['answers_per_second']} styled answers/s on the training machine's CPU; "
                      f"grader load {card['load_seconds']} s")
